@@ -1,0 +1,90 @@
+"""The protocol every backend meets.
+
+A :class:`Backend` is a loaded model plus its tokenizer, shared by all requests. Each request opens
+a :class:`Session`: the token sequence of that request as this model sees it (prompt + output),
+with whatever cache the runtime keeps for it. Invariants every session keeps:
+
+* ``ids`` is the logical sequence. The runtime's cache may lag behind it (tokens appended with
+  :meth:`Session.extend` or sampled but not yet forwarded); it is caught up by forwarding only the
+  tokens it has not seen, never by re-forwarding the prefix.
+* :meth:`Session.truncate` crops the cache; nothing is ever copied for rollback.
+* :meth:`Session.stream` yields sampled ids one at a time, each already appended to ``ids``;
+  the consumer stops whenever it likes (trigger, EOS, budget) by not asking for more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from langchain_spthink.sampling import SamplingParams
+
+__all__ = ["Backend", "Session"]
+
+
+@runtime_checkable
+class Session(Protocol):
+    """One request's token sequence and cache on one model."""
+
+    @property
+    def ids(self) -> Sequence[int]:
+        """All token ids of the sequence: prompt then output."""
+        ...
+
+    @property
+    def forwarded(self) -> int:
+        """Number of token positions pushed through the model so far (for efficiency stats)."""
+        ...
+
+    def extend(self, ids: Sequence[int]) -> None:
+        """Append ids written elsewhere; they are forwarded lazily by the next :meth:`stream`."""
+        ...
+
+    def truncate(self, length: int) -> None:
+        """Drop every id at index ``>= length`` and crop the cache to match."""
+        ...
+
+    def stream(self, max_new: int) -> Iterator[int]:
+        """Sample up to ``max_new`` ids, yielding each after appending it to :attr:`ids`."""
+        ...
+
+    def close(self) -> None:
+        """Release the request's cache. The session must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model with its tokenizer; thread-safe to open sessions from."""
+
+    @property
+    def name(self) -> str:
+        """Human-readable model name (alias, hub id or path)."""
+        ...
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Token ids that end generation."""
+        ...
+
+    @property
+    def context_length(self) -> int:
+        """Maximum sequence length (prompt + output) the model accepts."""
+        ...
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Equal for two backends iff their tokenizers map text to the same ids."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Tokenize text without adding special tokens."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Detokenize ids, keeping special tokens out of the text."""
+        ...
+
+    def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Session:
+        """Open a request's session whose sequence starts as ``prompt_ids``."""
+        ...

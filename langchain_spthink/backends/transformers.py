@@ -1,0 +1,231 @@
+"""The transformers backend: a local ``PreTrainedModel`` with one ``DynamicCache`` per request.
+
+Invariants of :class:`TransformersSession` (see :mod:`langchain_spthink.backends.base`):
+
+* ``_ids[:_cached]`` are in the KV cache, ``_ids[_cached:]`` are pending (not yet forwarded).
+* Rolling back crops the cache (``DynamicCache.crop``); nothing is copied.
+* The cache is created *without* the model config, so every layer keeps its full history (no
+  sliding-window layers that could not be cropped); sliding-window attention is still applied by
+  the model's attention mask, so results equal a full re-prefill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import DynamicCache
+
+from langchain_spthink.errors import BackendError, InvalidRequestError
+from langchain_spthink.sampling import SamplingParams, sample_token
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["TransformersBackend", "TransformersSession"]
+
+
+class TransformersBackend:
+    """A transformers causal LM and its tokenizer, shared by every request.
+
+    Args:
+        model: A causal LM in eval mode.
+        tokenizer: Its tokenizer.
+        name: Name shown in events and metadata.
+        chat_template: Jinja chat template to use instead of the tokenizer's own.
+        eos_ids: Token ids that end generation; defaults to the tokenizer's and generation
+            config's EOS ids.
+        context_length: Maximum sequence length; defaults to the model config's
+            ``max_position_embeddings``.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        chat_template: str | None = None,
+        eos_ids: frozenset[int] | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self._name = name
+        self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+        self._eos_ids = eos_ids if eos_ids is not None else _default_eos_ids(model, tokenizer)
+        cfg = model.config.get_text_config(decoder=True)
+        self._context_length = int(
+            context_length or getattr(cfg, "max_position_embeddings", None) or 2048
+        )
+        self._fingerprint: str | None = None
+        self._fingerprint_lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+    ) -> TransformersBackend:
+        """Load an alias, hub id, local directory or ``.gguf`` file (see :mod:`..models`)."""
+        from langchain_spthink.models import eos_token_ids, load_model
+
+        loaded = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            name=loaded.name,
+            chat_template=loaded.chat_template,
+            eos_ids=eos_token_ids(loaded),
+        )
+
+    @property
+    def name(self) -> str:
+        """Model name."""
+        return self._name
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Ids that end generation."""
+        return self._eos_ids
+
+    @property
+    def context_length(self) -> int:
+        """Maximum sequence length."""
+        return self._context_length
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's weights."""
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Hash of the vocabulary and special tokens (computed once)."""
+        with self._fingerprint_lock:
+            if self._fingerprint is None:
+                vocab = sorted(self.tokenizer.get_vocab().items())
+                added = sorted(str(t) for t in self.tokenizer.all_special_tokens)
+                blob = json.dumps([type(self.tokenizer).__name__, vocab, added]).encode()
+                self._fingerprint = hashlib.sha256(blob).hexdigest()
+            return self._fingerprint
+
+    def encode(self, text: str) -> list[int]:
+        """Tokenize without special tokens."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Detokenize, dropping special tokens."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def new_session(
+        self, prompt_ids: Sequence[int], sampling: SamplingParams
+    ) -> TransformersSession:
+        """Open a request session on this model."""
+        return TransformersSession(self, prompt_ids, sampling)
+
+
+class TransformersSession:
+    """One request's sequence and ``DynamicCache`` on a :class:`TransformersBackend`."""
+
+    def __init__(
+        self, backend: TransformersBackend, prompt_ids: Sequence[int], sampling: SamplingParams
+    ) -> None:
+        if len(prompt_ids) == 0:
+            raise InvalidRequestError("the prompt is empty: a session needs at least one token")
+        if len(prompt_ids) >= backend.context_length:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_ids)} tokens but {backend.name} accepts at most "
+                f"{backend.context_length} (prompt + output)"
+            )
+        self._backend = backend
+        self._ids: list[int] = [int(i) for i in prompt_ids]
+        self._cache: DynamicCache | None = DynamicCache()
+        self._cached = 0
+        self._forwarded = 0
+        self.sampling = sampling
+        self._generator: torch.Generator | None = None
+        if not sampling.greedy:
+            self._generator = torch.Generator(device=backend.device)
+            if sampling.seed is not None:
+                self._generator.manual_seed(sampling.seed)
+            else:
+                self._generator.seed()
+
+    @property
+    def ids(self) -> Sequence[int]:
+        """Prompt + output ids."""
+        return self._ids
+
+    @property
+    def forwarded(self) -> int:
+        """Token positions forwarded so far."""
+        return self._forwarded
+
+    @property
+    def cached(self) -> int:
+        """Number of leading ids already in the KV cache."""
+        return self._cached
+
+    def extend(self, ids: Sequence[int]) -> None:
+        """Append ids; forwarded lazily."""
+        self._ids.extend(int(i) for i in ids)
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` ids and crop the cache to at most that."""
+        if length < 0 or length > len(self._ids):
+            raise ValueError(f"cannot truncate a sequence of {len(self._ids)} ids to {length}")
+        del self._ids[length:]
+        self._crop(length)
+
+    def _crop(self, length: int) -> None:
+        if self._cache is not None and self._cached > length:
+            self._cache.crop(-(self._cached - length))
+            self._cached = length
+
+    def next_logits(self) -> torch.Tensor:
+        """Logits ``[vocab]`` for the position after :attr:`ids`, forwarding pending ids only."""
+        if self._cache is None:
+            raise BackendError("the session is closed")
+        if self._cached >= len(self._ids):
+            # Everything is cached but its logits are gone: re-forward the last id alone.
+            self._crop(len(self._ids) - 1)
+        pending = self._ids[self._cached :]
+        input_ids = torch.tensor([pending], dtype=torch.long, device=self._backend.device)
+        with torch.inference_mode():
+            out: Any = self._backend.model(
+                input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1
+            )
+        self._cached = len(self._ids)
+        self._forwarded += len(pending)
+        logits: torch.Tensor = out.logits[0, -1]
+        return logits
+
+    def stream(self, max_new: int) -> Iterator[int]:
+        """Sample up to ``max_new`` ids, one forward per id."""
+        for _ in range(max_new):
+            token = sample_token(self.next_logits(), self.sampling, self._generator)
+            self._ids.append(token)
+            yield token
+
+    def close(self) -> None:
+        """Drop the cache."""
+        self._cache = None
+        self._cached = 0
+
+
+def _default_eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    return frozenset(ids)

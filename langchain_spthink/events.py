@@ -1,0 +1,143 @@
+"""Typed events the engine yields. Everything reported above the engine is built from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "Author",
+    "DelegationKind",
+    "StopReason",
+    "TextEvent",
+    "DelegationEvent",
+    "FallbackEvent",
+    "ModelUsage",
+    "FinishEvent",
+    "Event",
+]
+
+Author = Literal["small", "large", "inserted"]
+"""Who wrote a piece of output: one of the models, or the engine (recap prompt, think word)."""
+
+DelegationKind = Literal["begin", "reflection", "verify", "recap"]
+StopReason = Literal["eos", "length", "stop", "timeout", "context"]
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """Output text, in order; concatenating every ``text`` gives the answer.
+
+    Attributes:
+        text: The new text (may be a fragment of a token's text, never split inside a character).
+        author: Who wrote it.
+    """
+
+    text: str
+    author: Author
+
+
+@dataclass(frozen=True)
+class DelegationEvent:
+    """A step the large model wrote (whether or not it was kept).
+
+    Attributes:
+        kind: ``begin`` (answer opening), ``reflection`` (a cue step at a boundary), ``verify``
+            (continuation after a verify word) or ``recap`` (forced after many negative steps).
+        position: Character offset in the output where the step starts.
+        small_draft: The small model's draft at this boundary (``None`` if it drafted nothing).
+        large_text: What the large model wrote.
+        kept: Which text went into the output: ``large`` or ``small``.
+        small_label: Cue class of the small draft (-1/0/+1), ``None`` without a draft.
+        large_label: Cue class of the large text.
+        small_tokens: Tokens in the small draft.
+        large_tokens: Tokens the large model generated for this step.
+        seconds: Wall time the large model spent on this step.
+    """
+
+    kind: DelegationKind
+    position: int
+    small_draft: str | None
+    large_text: str
+    kept: Literal["large", "small"]
+    small_label: int | None
+    large_label: int
+    small_tokens: int
+    large_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FallbackEvent:
+    """The request left speculative mode because the large model failed.
+
+    Attributes:
+        reason: What went wrong (exception text or ``timeout``).
+        error_type: Class name of the underlying exception, or ``"timeout"``.
+        new_mode: The mode the request continues in.
+        position: Character offset in the output where the switch happened.
+    """
+
+    reason: str
+    error_type: str
+    new_mode: Literal["small"]
+    position: int
+
+
+@dataclass
+class ModelUsage:
+    """Token accounting of one model in one request.
+
+    Attributes:
+        prompt_tokens: Tokens of the prompt in this model's tokenizer.
+        generated_tokens: Tokens this model sampled (kept or not).
+        kept_tokens: Tokens of this model that are in the output.
+        forwarded_tokens: Token positions pushed through the model (prompt + catch-up + drafts).
+        seconds: Wall time spent in this model's forward/sampling.
+    """
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    kept_tokens: int = 0
+    forwarded_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The last event of every request.
+
+    Attributes:
+        stop_reason: ``eos``, ``length`` (max_tokens), ``stop`` (a stop string), ``timeout`` or
+            ``context`` (the model's context window is full).
+        text: The complete output text.
+        small: Usage of the small model.
+        large: Usage of the large model.
+        delegations: Number of delegation events.
+        seconds: Wall time of the whole request.
+        mode: The mode the request ended in.
+        extra: Backend- or policy-specific numbers (e.g. time saved by concurrent drafts).
+    """
+
+    stop_reason: StopReason
+    text: str
+    small: ModelUsage
+    large: ModelUsage
+    delegations: int
+    seconds: float
+    mode: str
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens in the output written by either model."""
+        return self.small.kept_tokens + self.large.kept_tokens
+
+    @property
+    def large_share(self) -> float:
+        """Fraction of output tokens written by the large model (0 when there is no output)."""
+        total = self.output_tokens
+        return self.large.kept_tokens / total if total else 0.0
+
+
+Event = TextEvent | DelegationEvent | FallbackEvent | FinishEvent

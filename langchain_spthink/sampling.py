@@ -1,0 +1,80 @@
+"""Pure sampling helpers: temperature, top-k and top-p (nucleus) over one logits row.
+
+The order of the warpers matches transformers' ``generate()`` (temperature, then top-k, then
+top-p), so a seeded request samples from the same distribution as ``generate()`` would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SamplingParams", "warp_logits", "sample_token"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings.
+
+    Attributes:
+        temperature: Softmax temperature; ``0`` means greedy (argmax) decoding.
+        top_p: Nucleus mass kept, in ``(0, 1]``; ``1`` disables it.
+        top_k: Number of most likely tokens kept; ``0`` disables it.
+        seed: Seed of the request's random generator; ``None`` draws a fresh one.
+    """
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 50
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Whether decoding is deterministic argmax."""
+        return self.temperature <= 0.0
+
+
+def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Apply temperature, top-k and top-p to a ``[vocab]`` logits row.
+
+    Args:
+        logits: Float tensor of shape ``[vocab]``.
+        params: Sampling settings; must not be greedy.
+
+    Returns:
+        A new ``[vocab]`` float32 tensor where removed tokens are ``-inf``.
+    """
+    scores = logits.float() / params.temperature
+    vocab = scores.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(scores, params.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, sorted_idx = torch.sort(scores, descending=False)
+        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        # Remove the low-probability tail whose mass is <= 1 - top_p; always keep the best token.
+        remove_sorted = cum <= (1.0 - params.top_p)
+        remove_sorted[-1] = False
+        remove = remove_sorted.scatter(0, sorted_idx, remove_sorted)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores
+
+
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> int:
+    """Pick the next token id from a ``[vocab]`` logits row.
+
+    Args:
+        logits: Float tensor of shape ``[vocab]``.
+        params: Sampling settings; greedy when ``temperature <= 0``.
+        generator: Random generator of the request (ignored when greedy).
+
+    Returns:
+        The chosen token id.
+    """
+    if params.greedy:
+        return int(torch.argmax(logits).item())
+    probs = warp_logits(logits, params).softmax(dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
