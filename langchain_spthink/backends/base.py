@@ -15,7 +15,7 @@ with whatever cache the runtime keeps for it. Invariants every session keeps:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from langchain_spthink.sampling import SamplingParams
 
@@ -83,6 +83,17 @@ class Backend(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str:
         """Detokenize ids, keeping special tokens out of the text."""
+        ...
+
+    def chat_prompt_ids(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Render OpenAI-style ``{"role", "content", ...}`` messages into prompt ids."""
         ...
 
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Session:
