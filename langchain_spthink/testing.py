@@ -1,4 +1,4 @@
-"""Scripted fake backends with known outputs, for testing engines, chains and agents offline.
+r"""Scripted fake backends with known outputs, for testing engines, chains and agents offline.
 
 A :class:`ScriptedBackend` writes text from a *script*: a list of paragraphs. At any point its next
 token is token ``j`` of paragraph ``k``, where ``k`` is the number of ``"\\n\\n"`` in the output so
@@ -26,7 +26,7 @@ _WORD = re.compile(r"\n| ?[^\s]+|[^\S\n]")
 
 
 def tokenize_words(text: str) -> list[str]:
-    """Split text into word tokens: ``"\\n"``, words with one optional leading space, spaces."""
+    r"""Split text into word tokens: ``"\\n"``, words with one optional leading space, spaces."""
     return _WORD.findall(text)
 
 
@@ -48,7 +48,7 @@ _VOCABS = {"word": _Vocab(), "char": _Vocab()}
 
 
 class ScriptedBackend:
-    """A deterministic fake model that writes paragraphs from a script.
+    r"""A deterministic fake model that writes paragraphs from a script.
 
     Args:
         script: Paragraphs; paragraph ``k`` is written after the ``k``-th ``"\\n\\n"``.
