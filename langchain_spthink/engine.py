@@ -387,6 +387,8 @@ class _Run:
             stop_at_trigger = live and self.mode == "speculative" and track.role == "small"
         self._check_budget(track)
         self._sync(track)
+        if not live:
+            track.synced = -1  # a draft is not in the output until committed
         session = track.session
         room = track.backend.context_length - len(session.ids)
         budget = min(max_new, self.request.max_tokens - self.kept_tokens, room)
