@@ -240,6 +240,7 @@ class _Run:
     def _boundary(self) -> Generator[Event, None, tuple[bool, str]]:
         """Step 3 at a trigger. Returns (boundary again right away, carried-over small text)."""
         cfg, small = self.cfg, self.tracks["small"]
+        self._check_budget(small)
         if self.negatives >= self.recap_after:
             yield from self._insert(cfg.recap_prompt)
             yield from self._large_live("recap", self.recap_budget)
@@ -267,9 +268,8 @@ class _Run:
         )
         kept_step = large if keep_large or draft is None else draft
         kept_role: Role = "large" if keep_large else "small"
-        yield from self._commit(self.tracks[kept_role], kept_step)
         self.delegations += 1
-        yield DelegationEvent(
+        delegation = DelegationEvent(
             kind="reflection",
             position=position,
             small_draft=draft.text if draft else None,
@@ -281,6 +281,12 @@ class _Run:
             large_tokens=len(large.ids),
             seconds=large.seconds,
         )
+        try:
+            yield from self._commit(self.tracks[kept_role], kept_step)
+        except _Finished:
+            yield delegation
+            raise
+        yield delegation
         if kept_step.eos:
             raise _Finished("eos")
         if self._classify(kept_step.text) < 0:
@@ -307,25 +313,33 @@ class _Run:
         return (True, "") if cut is not None else (False, draft.text)
 
     def _large_live(self, kind: DelegationKind, budget: int) -> Iterator[Event]:
-        position = len(self.out.text)
-        step = yield from self._write(
-            self.tracks["large"], budget, live=True, stop_at_trigger=False
-        )
-        self.delegations += 1
-        yield DelegationEvent(
-            kind=kind,
-            position=position,
-            small_draft=None,
-            large_text=step.text,
-            kept="large",
-            small_label=None,
-            large_label=self._classify(step.text),
-            small_tokens=0,
-            large_tokens=len(step.ids),
-            seconds=step.seconds,
-        )
-        if step.eos:
-            raise _Finished("eos")
+        large = self.tracks["large"]
+        self._check_budget(large)
+        position, kept_before, started = len(self.out.text), large.usage.kept_tokens, self.clock()
+
+        def event() -> DelegationEvent:
+            self.delegations += 1
+            text = self.out.text[position:]
+            return DelegationEvent(
+                kind=kind,
+                position=position,
+                small_draft=None,
+                large_text=text,
+                kept="large",
+                small_label=None,
+                large_label=self._classify(text),
+                small_tokens=0,
+                large_tokens=large.usage.kept_tokens - kept_before,
+                seconds=self.clock() - started,
+            )
+
+        try:
+            yield from self._write(large, budget, live=True, stop_at_trigger=False)
+        except (_Finished, _LargeFault) as exc:
+            if isinstance(exc, _Finished) or large.usage.kept_tokens > kept_before:
+                yield event()
+            raise
+        yield event()
 
     # ------------------------------------------------------------ primitives
     def _classify(self, text: str) -> int:
