@@ -125,6 +125,33 @@ class TransformersBackend:
         """Detokenize, dropping special tokens."""
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    def chat_prompt_ids(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Render OpenAI-style messages with the model's chat template and tokenize them.
+
+        Raises:
+            InvalidRequestError: The model has no chat template.
+        """
+        if not self.chat_template:
+            raise InvalidRequestError(
+                f"{self.name} has no chat template; pass chat_template=... for this model"
+            )
+        text = self.tokenizer.apply_chat_template(
+            list(messages),
+            tools=list(tools) if tools else None,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt and not continue_final_message,
+            continue_final_message=continue_final_message,
+            tokenize=False,
+        )
+        return self.encode(str(text))
+
     def new_session(
         self, prompt_ids: Sequence[int], sampling: SamplingParams
     ) -> TransformersSession:
