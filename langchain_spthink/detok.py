@@ -27,8 +27,13 @@ class IncrementalDetokenizer:
     def __init__(self, decode: Callable[[Sequence[int]], str], context: Sequence[int] = ()) -> None:
         self._decode = decode
         self._ids: list[int] = list(context)
-        self._prefix = max(0, len(self._ids) - 4)
         self._read = len(self._ids)
+        self._prefix = max(0, self._read - 4)
+        # The window must not start inside a multi-byte character of the context.
+        while self._prefix > 0 and decode(self._ids[self._prefix : self._read]).startswith(
+            _REPLACEMENT
+        ):
+            self._prefix -= 1
 
     def push(self, token_id: int) -> str:
         """Add one id; return the newly completed text (possibly empty)."""
