@@ -1,0 +1,189 @@
+"""Pure helpers: cue classifier, sampling warpers, config validation, shared output, detokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from langchain_spthink import ConfigError, SpeculativeThinkingConfig, paper_instruct, preset
+from langchain_spthink.cues import (
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    VERIFY_WORDS,
+    classify,
+    count_words,
+)
+from langchain_spthink.detok import IncrementalDetokenizer
+from langchain_spthink.output import SharedOutput
+from langchain_spthink.sampling import SamplingParams, sample_token, warp_logits
+
+
+# ---------------------------------------------------------------- cues
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("So x = 4.", 0),
+        ("Wait, that is wrong.", -1),
+        ("Yes, that works.", 1),
+        ("Let me check this.", -1),  # verify words count as negative
+        ("Yes, but wait.", -1),  # tie with cues -> negative
+        ("Yes yes, wait.", 1),
+        ("YEAH, I am CONFIDENT", 1),  # case-insensitive
+        ("Her eyes were blue", 1),  # substring: "yes" in "eyes" (reference behaviour)
+        ("anotherly", -1),  # substring: "another"
+        ("", 0),
+    ],
+)
+def test_classify_reference_cases(text: str, label: int) -> None:
+    assert classify(text) == label
+
+
+def test_word_boundary_option() -> None:
+    assert classify("Her eyes were blue", word_boundary=True) == 0
+    assert classify("anotherly", word_boundary=True) == 0
+    assert classify("Hold on, another way", word_boundary=True) == -1
+    assert count_words("final answer: final answer", ["final answer"], word_boundary=True) == 2
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([*POSITIVE_WORDS, *NEGATIVE_WORDS, *VERIFY_WORDS, "x", " ", "2"])))
+def test_classify_agrees_with_counting(parts: list[str]) -> None:
+    text = " ".join(parts)
+    pos = count_words(text, POSITIVE_WORDS)
+    neg = count_words(text, NEGATIVE_WORDS) + count_words(text, VERIFY_WORDS)
+    expected = 1 if pos > neg else (-1 if neg > pos or pos > 0 else 0)
+    assert classify(text) == expected
+    assert classify(text.upper()) == expected
+
+
+@settings(max_examples=200)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_classify_is_total_and_bounded(text: str) -> None:
+    assert classify(text) in (-1, 0, 1)
+    assert classify(text, word_boundary=True) in (-1, 0, 1)
+
+
+# ---------------------------------------------------------------- sampling
+def test_warpers_match_transformers() -> None:
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    for temperature, top_k, top_p in [(0.6, 50, 0.95), (1.0, 0, 0.5), (1.3, 5, 1.0), (0.2, 1, 0.9)]:
+        logits = torch.randn(1, 300, generator=gen) * 3
+        ref = TemperatureLogitsWarper(temperature)(None, logits.clone())  # type: ignore[arg-type]
+        if top_k:
+            ref = TopKLogitsWarper(top_k)(None, ref)  # type: ignore[arg-type]
+        if top_p < 1:
+            ref = TopPLogitsWarper(top_p)(None, ref)  # type: ignore[arg-type]
+        ours = warp_logits(logits[0], SamplingParams(temperature, top_p, top_k))
+        assert torch.equal(torch.isinf(ours), torch.isinf(ref[0]))
+        torch.testing.assert_close(ours[~torch.isinf(ours)], ref[0][~torch.isinf(ref[0])])
+
+
+def test_greedy_and_seeded_sampling() -> None:
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
+    assert sample_token(logits, SamplingParams(temperature=0)) == 1
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, seed=7)
+    draws = [sample_token(logits, params, torch.Generator().manual_seed(7)) for _ in range(3)]
+    assert len(set(draws)) == 1  # same seed, same draw
+    g = torch.Generator().manual_seed(1)
+    counts = torch.bincount(
+        torch.tensor([sample_token(logits, params, g) for _ in range(4000)]), minlength=4
+    )
+    expected = logits.softmax(-1) * 4000
+    assert torch.all((counts - expected).abs() < 5 * expected.sqrt() + 5)
+    top1 = SamplingParams(temperature=1.0, top_p=1.0, top_k=1)
+    assert {sample_token(logits, top1, g) for _ in range(50)} == {1}
+
+
+# ---------------------------------------------------------------- config
+def test_config_defaults_are_the_papers() -> None:
+    cfg = SpeculativeThinkingConfig()
+    assert cfg.triggers == ("\n\n",) and cfg.draft_tokens == 20 and cfg.verify_tokens == 125
+    assert (
+        cfg.recap_after_negatives == 15 and cfg.recap_tokens == 125 and cfg.recap_tokens_max == 200
+    )
+    assert cfg.recap_after_max == 30 and cfg.recap_tokens_step == 25 and cfg.recap_after_step == 5
+    assert cfg.recap_prompt == "Let me check whether there are some wrong steps:"
+    assert cfg.choose_large and not cfg.begin and cfg.begin_tokens == 100 and not cfg.not_reasoning
+    assert (cfg.temperature, cfg.top_p, cfg.top_k) == (0.6, 0.95, 50)
+    assert cfg.think_word is None and cfg.time_out is None
+    instruct = paper_instruct()
+    assert instruct.begin and instruct.not_reasoning
+    assert preset("instruct", draft_tokens=5).draft_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("draft_tokens", 0),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("temperature", -1),
+        ("triggers", ()),
+        ("triggers", ("",)),
+        ("negative_words", ("wait", " ")),
+        ("recap_tokens_max", 10),
+        ("fallback", "retry"),
+        ("time_out", 0),
+        ("unknown_knob", 1),
+    ],
+)
+def test_config_errors_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        SpeculativeThinkingConfig(**{field: value})
+    assert field in str(info.value) or "recap_tokens_max" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_config_is_frozen_and_unknown_preset_fails() -> None:
+    cfg = SpeculativeThinkingConfig()
+    with pytest.raises(Exception):
+        cfg.draft_tokens = 3  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="preset"):
+        preset("fast")
+    assert cfg.with_updates(draft_tokens=3).draft_tokens == 3
+
+
+# ---------------------------------------------------------------- shared output
+def test_stop_string_split_over_appends_is_held_back() -> None:
+    out = SharedOutput(["STOP"], share_ids=False)
+    emitted = ""
+    for piece in ["Hello S", "TO", "P world"]:
+        hit = out.append("small", piece, [])
+        emitted += "".join(e.text for e in out.drain(final=False))
+        if hit:
+            break
+    assert hit and out.text == "Hello "
+    emitted += "".join(e.text for e in out.drain(final=True))
+    assert emitted == "Hello "
+
+
+def test_output_segments_by_author() -> None:
+    out = SharedOutput(share_ids=True)
+    out.append("small", "ab", [1, 2])
+    out.append("large", "cd", [3])
+    out.append("small", "e", [4])
+    assert out.segments() == [("small", "ab"), ("large", "cd"), ("small", "e")]
+    assert [(e.author, e.text) for e in out.drain(final=True)] == out.segments()
+    assert out.ids == [1, 2, 3, 4] and out.version == 3
+
+
+# ---------------------------------------------------------------- detokenizer
+def test_detokenizer_holds_back_partial_characters() -> None:
+    raw = "é🙂".encode()
+    table = {i: bytes([b]) for i, b in enumerate(raw)}
+
+    def decode(ids: list[int]) -> str:
+        return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
+
+    detok = IncrementalDetokenizer(decode)  # type: ignore[arg-type]
+    deltas = [detok.push(i) for i in range(len(raw))]
+    assert deltas == ["", "é", "", "", "", "🙂"]
+    assert detok.flush() == ""
