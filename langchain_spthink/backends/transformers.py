@@ -108,12 +108,15 @@ class TransformersBackend:
 
     @property
     def tokenizer_fingerprint(self) -> str:
-        """Hash of the vocabulary and special tokens (computed once)."""
+        """Hash of the id -> token-string table (computed once).
+
+        Two tokenizers built from the same vocabulary (e.g. a hub checkpoint and its GGUF) get
+        the same fingerprint, so they hand off ids.
+        """
         with self._fingerprint_lock:
             if self._fingerprint is None:
-                vocab = sorted(self.tokenizer.get_vocab().items())
-                added = sorted(str(t) for t in self.tokenizer.all_special_tokens)
-                blob = json.dumps([type(self.tokenizer).__name__, vocab, added]).encode()
+                pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+                blob = json.dumps([str(p) for p in pieces]).encode()
                 self._fingerprint = hashlib.sha256(blob).hexdigest()
             return self._fingerprint
 
