@@ -1,5 +1,10 @@
 """langchain-spthink: Speculative Thinking as a LangChain chat model."""
 
+from langchain_spthink.callbacks import (
+    AsyncSpeculativeThinkingCallbackHandler,
+    SpeculativeThinkingCallbackHandler,
+)
+from langchain_spthink.chat_models import ChatSpeculativeThinking
 from langchain_spthink.config import (
     PRESETS,
     SpeculativeThinkingConfig,
@@ -30,6 +35,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "AsyncSpeculativeThinkingCallbackHandler",
+    "ChatSpeculativeThinking",
+    "SpeculativeThinkingCallbackHandler",
     "BackendError",
     "ConfigError",
     "DelegationEvent",

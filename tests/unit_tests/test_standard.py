@@ -1,0 +1,56 @@
+"""langchain-tests' standard unit suite on ChatSpeculativeThinking with scripted backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from langchain_spthink.chat_models import ChatSpeculativeThinking
+from langchain_spthink.testing import ScriptedBackend
+
+
+class TestChatSpeculativeThinkingUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[ChatSpeculativeThinking]:
+        return ChatSpeculativeThinking
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {
+            "small_model": ScriptedBackend(["Hello there.\n\n", "Wait, let me check."]),
+            "large_model": ScriptedBackend(["Hello there.\n\n", "Yes, that is right."]),
+        }
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
+
+
+class TestChatSpeculativeThinkingScriptedIntegration(ChatModelIntegrationTests):
+    """The standard integration suite end to end on scripted models (fast, known outputs).
+
+    The same suite runs on the embedded real models in
+    ``tests/integration_tests/test_chat_embedded.py``.
+    """
+
+    @property
+    def chat_model_class(self) -> type[ChatSpeculativeThinking]:
+        return ChatSpeculativeThinking
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {
+            "small_model": ScriptedBackend(["Hello there.\n\n", "Wait, let me check.\n\n", "Ok."]),
+            "large_model": ScriptedBackend(["Hello there.\n\n", "Yes, that is right.\n\n", "Ok."]),
+            "temperature": 0,
+        }
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
