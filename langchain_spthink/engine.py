@@ -93,7 +93,7 @@ class SpeculativeEngine:
     """Runs speculative thinking over two backends.
 
     Args:
-        small: The small (speculative) model.
+        small: The small (speculative) model; may be ``None`` for large-only use.
         large: The large (target) model; may be ``None`` for small-only use.
         config: The algorithm's knobs.
         handoff: ``ids`` (same tokenizer), ``text`` (re-tokenize), or ``auto`` (ids iff the
@@ -103,7 +103,7 @@ class SpeculativeEngine:
 
     def __init__(
         self,
-        small: Backend,
+        small: Backend | None,
         large: Backend | None,
         config: SpeculativeThinkingConfig | None = None,
         *,
@@ -114,8 +114,14 @@ class SpeculativeEngine:
         self.large = large
         self.config = config or SpeculativeThinkingConfig()
         self.clock = clock
-        same = large is not None and small.tokenizer_fingerprint == large.tokenizer_fingerprint
-        if handoff == "ids" and large is not None and not same:
+        if small is None and large is None:
+            raise InvalidRequestError("an engine needs at least one model")
+        same = (
+            small is not None
+            and large is not None
+            and small.tokenizer_fingerprint == large.tokenizer_fingerprint
+        )
+        if handoff == "ids" and small is not None and large is not None and not same:
             raise HandoffError(
                 f"handoff='ids' needs one tokenizer, but {small.name} and {large.name} differ"
             )
@@ -129,6 +135,8 @@ class SpeculativeEngine:
             raise InvalidRequestError("stop strings must not be empty")
         if request.mode != "small" and self.large is None:
             raise InvalidRequestError(f"mode {request.mode!r} needs a large model")
+        if request.mode != "large" and self.small is None:
+            raise InvalidRequestError(f"mode {request.mode!r} needs a small model")
         run = _Run(self, request)
         try:
             yield from run.events()
@@ -156,7 +164,7 @@ class _Run:
         self.tracks: dict[Role, _Track] = {}
         seed = request.sampling.seed
         try:
-            if request.mode != "large":
+            if request.mode != "large" and engine.small is not None:
                 self.tracks["small"] = self._open("small", engine.small, request.small_prompt, seed)
             if request.mode != "small" and engine.large is not None:
                 large_seed = None if seed is None else seed + 1
