@@ -1,19 +1,20 @@
-"""LangChain messages to chat-template prompts, and the split of output into reasoning and answer.
+"""LangChain messages to chat dicts, and chat dicts to each model's prompt ids.
 
 * :func:`to_chat_dicts` turns LangChain messages (system / human / ai with tool calls / tool) into
   the OpenAI-style dicts chat templates read; content the text-only models cannot take (images,
   audio, files) is refused with :class:`~langchain_spthink.errors.InvalidRequestError`.
 * :func:`render_prompt_ids` renders those dicts with one backend's chat template (or a template
   given by the user), so two models with different templates each get the prompt in their own.
-* :class:`ReasoningSplitter` splits streamed output into the ``<think>…</think>`` part and the
-  answer, incrementally (a tag split across chunks is still recognised).
+
+The split of the output into reasoning and answer lives in :mod:`langchain_spthink.reasoning`
+(:class:`ReasoningSplitter` and :func:`opens_reasoning` are re-exported here).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.messages import (
     AIMessage,
@@ -25,7 +26,9 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from langchain_spthink.backends.base import Backend
 from langchain_spthink.errors import ConfigError, InvalidRequestError, SpThinkError
+from langchain_spthink.reasoning import ReasoningSplitter, opens_reasoning
 
 __all__ = [
     "ReasoningSplitter",
@@ -35,8 +38,6 @@ __all__ = [
     "to_chat_dicts",
     "wants_continuation",
 ]
-
-Part = Literal["reasoning", "content"]
 
 _TEXT_BLOCKS = {"text"}
 _SKIPPED_BLOCKS = {
@@ -206,64 +207,68 @@ def strict_alternation(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
+def _no_template(backend: Backend, template_field: str) -> ConfigError:
+    return ConfigError(
+        f"model {getattr(backend, 'name', backend)!r} has no chat template; "
+        f"pass one with {template_field}=..."
+    )
+
+
 def _render_once(
-    backend: Any,
+    backend: Backend,
     messages: Sequence[dict[str, Any]],
     tools: Sequence[dict[str, Any]] | None,
     continue_final: bool,
     chat_template: str | None,
     template_field: str,
 ) -> list[int]:
-    add_generation_prompt = not continue_final
-    tokenizer = getattr(backend, "tokenizer", None)
-    template = chat_template
-    if template is None:
+    if chat_template is None:
         render = getattr(backend, "chat_prompt_ids", None)
-        if callable(render):
-            return [
-                int(i)
-                for i in render(
-                    list(messages),
-                    tools=tools,
-                    add_generation_prompt=add_generation_prompt,
-                    continue_final_message=continue_final,
-                )
-            ]
-        template = getattr(backend, "chat_template", None)
-    if not template:
-        raise ConfigError(
-            f"model {getattr(backend, 'name', backend)!r} has no chat template; "
-            f"pass one with {template_field}=..."
+        if not callable(render):  # a backend that cannot render chat needs a template
+            raise _no_template(backend, template_field)
+        ids = render(
+            list(messages),
+            tools=tools,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
         )
+        return [int(i) for i in ids]
+    if not chat_template:
+        raise _no_template(backend, template_field)
+    return _render_template(backend, messages, tools, continue_final, chat_template)
+
+
+def _render_template(
+    backend: Backend,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    continue_final: bool,
+    template: str,
+) -> list[int]:
+    """Render with a user's template: the model's tokenizer when it has one, else plain Jinja."""
+    options: dict[str, Any] = {
+        "tools": list(tools) if tools else None,
+        "chat_template": template,
+        "add_generation_prompt": not continue_final,
+        "continue_final_message": continue_final,
+    }
+    tokenizer = getattr(backend, "tokenizer", None)
     if tokenizer is not None and hasattr(tokenizer, "apply_chat_template"):
         ids = tokenizer.apply_chat_template(
-            list(messages),
-            tools=list(tools) if tools else None,
-            chat_template=template,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final,
-            tokenize=True,
-            return_dict=False,
+            list(messages), **options, tokenize=True, return_dict=False
         )
         return [int(i) for i in ids]
     from transformers.utils.chat_template_utils import render_jinja_template
 
     result: Any = render_jinja_template(
-        conversations=[list(messages)],
-        tools=list(tools) if tools else None,
-        chat_template=template,
-        add_generation_prompt=add_generation_prompt,
-        continue_final_message=continue_final,
-        bos_token="",
-        eos_token="",
+        conversations=[list(messages)], **options, bos_token="", eos_token=""
     )
     text = result[0][0] if isinstance(result, tuple) else result
-    encoded: list[int] = backend.encode(text if isinstance(text, str) else text[0])
-    return encoded
+    return backend.encode(text if isinstance(text, str) else text[0])
 
 
 def render_prompt_ids(
-    backend: Any,
+    backend: Backend,
     messages: Sequence[dict[str, Any]],
     *,
     tools: Sequence[dict[str, Any]] | None = None,
@@ -274,8 +279,9 @@ def render_prompt_ids(
     """Render chat dicts into prompt ids with one backend's chat template.
 
     The backend's own rendering (``chat_prompt_ids``) is used unless ``chat_template`` overrides
-    it. When the template refuses the conversation (e.g. roles must alternate), it is rendered
-    again after :func:`strict_alternation`.
+    it (then the backend's tokenizer renders with that template, or plain Jinja without one).
+    When the template refuses the conversation (e.g. roles must alternate), it is rendered again
+    after :func:`strict_alternation`.
 
     Args:
         backend: The model's backend.
@@ -289,7 +295,8 @@ def render_prompt_ids(
         The prompt's token ids.
 
     Raises:
-        ConfigError: The model has no chat template and none was given.
+        ConfigError: The backend cannot render chat (no ``chat_prompt_ids``) and no template was
+            given, or the given template is empty.
         InvalidRequestError: The template cannot render the conversation.
     """
     try:
@@ -309,116 +316,3 @@ def render_prompt_ids(
             raise InvalidRequestError(
                 f"the chat template of {name!r} cannot render this conversation: {first}"
             ) from first
-
-
-def opens_reasoning(backend: Any, prompt_ids: Sequence[int]) -> bool:
-    """Whether the rendered prompt ends inside an open ``<think>`` (templates that pre-open it)."""
-    try:
-        tail = str(backend.decode(list(prompt_ids[-8:])))
-    except Exception:  # noqa: BLE001 - a best-effort look at the prompt's end
-        return False
-    return tail.rstrip().endswith("<think>")
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
-
-
-class ReasoningSplitter:
-    """Split streamed text into reasoning (inside ``<think>…</think>``) and answer content.
-
-    Text is fed in arbitrary pieces; :meth:`feed` returns the parts that are certain, holding back
-    only what could still be the start of a tag (and, inside reasoning, trailing whitespace that
-    may precede the closing tag). Whitespace right after a tag is dropped, and so is a closing
-    tag that no opening tag precedes (its text stays content: streamed text cannot be taken back;
-    templates that open the think block in the prompt are handled by ``in_reasoning``).
-
-    Args:
-        in_reasoning: The output starts inside a think block (the prompt opened it).
-        open_tag: Tag that starts reasoning.
-        close_tag: Tag that ends reasoning.
-    """
-
-    def __init__(
-        self, *, in_reasoning: bool = False, open_tag: str = "<think>", close_tag: str = "</think>"
-    ) -> None:
-        self.open_tag = open_tag
-        self.close_tag = close_tag
-        self.in_reasoning = in_reasoning
-        self.raw = ""
-        self.spans: list[list[int]] = [[0, -1]] if in_reasoning else []
-        self._buf = ""
-        self._base = 0  # raw offset of the start of the buffer
-        self._strip_lead = in_reasoning
-
-    @property
-    def reasoning_raw(self) -> str:
-        """The raw text of every reasoning region, tags included."""
-        return "".join(self.raw[s : (e if e >= 0 else len(self.raw))] for s, e in self.spans)
-
-    def _emit(self, out: list[tuple[Part, str]], text: str, *, closing: bool = False) -> None:
-        if self._strip_lead:
-            text = text.lstrip()
-            if text:
-                self._strip_lead = False
-        if closing and self.in_reasoning:
-            text = text.rstrip()
-        if text:
-            part: Part = "reasoning" if self.in_reasoning else "content"
-            if out and out[-1][0] == part:
-                out[-1] = (part, out[-1][1] + text)
-            else:
-                out.append((part, text))
-
-    def _consume(self, n: int) -> None:
-        self._buf = self._buf[n:]
-        self._base += n
-
-    def feed(self, text: str) -> list[tuple[Part, str]]:
-        """Add output text; return the ``(part, text)`` pieces that are now certain."""
-        self.raw += text
-        self._buf += text
-        out: list[tuple[Part, str]] = []
-        while True:
-            if self.in_reasoning:
-                at, tag = self._buf.find(self.close_tag), self.close_tag
-            else:
-                at, tag = self._buf.find(self.open_tag), self.open_tag
-                stray = self._buf.find(self.close_tag)
-                if stray >= 0 and (at < 0 or stray < at):
-                    # A closing tag without an opening one: drop the tag, keep the text.
-                    self._emit(out, self._buf[:stray])
-                    self._consume(stray + len(self.close_tag))
-                    self._strip_lead = True
-                    continue
-            if at < 0:
-                break
-            self._emit(out, self._buf[:at], closing=True)
-            end = at + len(tag)
-            if self.in_reasoning:
-                self.spans[-1][1] = self._base + end
-            else:
-                self.spans.append([self._base + at, -1])
-            self._consume(end)
-            self.in_reasoning = not self.in_reasoning
-            self._strip_lead = True
-        keep = _partial_suffix(self._buf, self.close_tag)
-        if not self.in_reasoning:
-            keep = max(keep, _partial_suffix(self._buf, self.open_tag))
-        upto = len(self._buf) - keep
-        if self.in_reasoning:
-            upto = len(self._buf[:upto].rstrip())
-        self._emit(out, self._buf[:upto])
-        self._consume(upto)
-        return out
-
-    def flush(self) -> list[tuple[Part, str]]:
-        """Return whatever is still held back (the output has ended)."""
-        out: list[tuple[Part, str]] = []
-        self._emit(out, self._buf, closing=True)
-        self._consume(len(self._buf))
-        return out

@@ -20,7 +20,7 @@ from langchain_core.messages import (
 )
 from langchain_core.runnables import RunnableLambda
 
-from langchain_spthink import chat_models
+from langchain_spthink import chat_models, loading
 from langchain_spthink.callbacks import (
     DELEGATION_EVENT,
     FALLBACK_EVENT,
@@ -517,7 +517,7 @@ def test_large_mode_does_not_load_small_and_vice_versa(monkeypatch: pytest.Monke
         loaded.append(spec)
         return ScriptedBackend(PLAIN, name=spec)
 
-    monkeypatch.setattr(chat_models, "_load_backend_uncached", fake)
+    monkeypatch.setattr(loading, "_load_backend_uncached", fake)
     ChatSpeculativeThinking(small_model="a", large_model="b", mode="large").invoke("hi")
     assert loaded == ["b"]
     ChatSpeculativeThinking(small_model="c", large_model="d", mode="small").invoke("hi")
@@ -728,7 +728,7 @@ def test_loader_errors_become_model_load_error(monkeypatch: pytest.MonkeyPatch) 
     def broken(spec: str, device: Any, trust: bool) -> Any:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(chat_models, "_load_backend_uncached", broken)
+    monkeypatch.setattr(loading, "_load_backend_uncached", broken)
     with pytest.raises(ModelLoadError, match="disk on fire"):
         ChatSpeculativeThinking(small_model="x", mode="small").invoke("hi")
 
@@ -741,7 +741,7 @@ def test_lazy_loading_shared_across_copies(monkeypatch: pytest.MonkeyPatch) -> N
         calls.append(spec)
         return ScriptedBackend(PLAIN, name=spec)
 
-    monkeypatch.setattr(chat_models, "_load_backend_uncached", fake)
+    monkeypatch.setattr(loading, "_load_backend_uncached", fake)
     model = ChatSpeculativeThinking(small_model="tiny", large_model="big", temperature=0)
     assert calls == []  # nothing loads at construction
     model.invoke("hi")
@@ -761,7 +761,7 @@ def test_concurrent_first_calls_load_once(monkeypatch: pytest.MonkeyPatch) -> No
         time.sleep(0.05)
         return ScriptedBackend(PLAIN, name=spec)
 
-    monkeypatch.setattr(chat_models, "_load_backend_uncached", slow)
+    monkeypatch.setattr(loading, "_load_backend_uncached", slow)
     model = ChatSpeculativeThinking(small_model="tiny", mode="small", temperature=0)
     results: list[str] = []
     threads = [

@@ -1,0 +1,84 @@
+"""The async path's bridge: a synchronous generator run in a worker thread, read from the loop.
+
+Generation (and loading weights) is synchronous and CPU/GPU bound; ``_astream`` runs the same
+generator as ``_stream`` in a :class:`ThreadedRun` so the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar, cast
+
+__all__ = ["ThreadedRun"]
+
+_T = TypeVar("_T")
+
+
+class ThreadedRun(Generic[_T]):
+    """Runs a synchronous generator in a worker thread, handing its items to the event loop.
+
+    The loop never blocks on generation (or on loading weights). :meth:`aclose` asks the worker
+    to stop after the item in progress and waits until it has closed the generator, which
+    closes the engine's sessions and frees their caches.
+
+    Args:
+        factory: Creates the generator (called in the worker thread).
+    """
+
+    def __init__(self, factory: Callable[[], Generator[_T, None, None]]) -> None:
+        self._factory = factory
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._finished = asyncio.Event()
+        self._stop = threading.Event()
+        self._drained = False
+        self._thread = threading.Thread(target=self._work, name="spthink-astream", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self._stop.set()
+
+    def _work(self) -> None:
+        items: Generator[_T, None, None] | None = None
+        try:
+            items = self._factory()
+            for item in items:
+                if self._stop.is_set():
+                    break
+                self._post(self._queue.put_nowait, ("item", item))
+        except BaseException as exc:  # noqa: BLE001 - handed over to the event loop
+            self._post(self._queue.put_nowait, ("error", exc))
+        finally:
+            if items is not None:
+                items.close()  # closes the engine's generator and its sessions
+            self._post(self._queue.put_nowait, ("done", None))
+            self._post(self._finished.set)
+
+    def __aiter__(self) -> ThreadedRun[_T]:
+        return self
+
+    async def __anext__(self) -> _T:
+        """The generator's next item; its exception, if it raised one, is raised here."""
+        if self._drained:
+            raise StopAsyncIteration
+        kind, value = await self._queue.get()
+        if kind == "error":
+            raise value
+        if kind == "done":
+            self._drained = True
+            raise StopAsyncIteration
+        return cast(_T, value)
+
+    async def aclose(self) -> None:
+        """Stop the worker after its current item and wait until it closed the generator."""
+        self._stop.set()
+        if self._thread.ident is not None:  # started
+            await self._finished.wait()

@@ -1,0 +1,303 @@
+"""One request from chat messages to message chunks: the single path behind every entry point.
+
+:func:`reply_items` renders each model's prompt, runs the engine and turns its events into
+:class:`~langchain_core.outputs.ChatGenerationChunk` s (reasoning split off, usage and metadata on
+the last chunk) interleaved with :class:`~langchain_spthink._runs.CustomEvent` s placed after the
+text they refer to. ``_stream`` runs it in the caller's thread, ``_astream`` in a worker thread
+(:mod:`langchain_spthink._async_bridge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, cast
+
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk
+
+from langchain_spthink._runs import CustomEvent
+from langchain_spthink._settings import CallSettings
+from langchain_spthink.backends.base import Backend
+from langchain_spthink.callbacks import DELEGATION_EVENT, FALLBACK_EVENT
+from langchain_spthink.engine import Request, Role, SpeculativeEngine
+from langchain_spthink.events import (
+    DelegationEvent,
+    Event,
+    FallbackEvent,
+    FinishEvent,
+    TextEvent,
+)
+from langchain_spthink.messages import render_prompt_ids, to_chat_dicts, wants_continuation
+from langchain_spthink.reasoning import Part, ReasoningSplitter, opens_reasoning
+
+__all__ = ["Item", "ModelNames", "reply_items"]
+
+Item = ChatGenerationChunk | CustomEvent
+"""What a request yields: a chunk for the caller, or a custom event to dispatch."""
+
+_FINISH_REASONS = {
+    "eos": "stop",
+    "stop": "stop",
+    "length": "length",
+    "context": "length",
+    "timeout": "timeout",
+}
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    """The two models' names, as metadata reports them."""
+
+    small: str
+    large: str
+
+    def reported(self, mode: str) -> str:
+        """``model_name`` in ``mode``: ``small+large`` when speculative, else the one model."""
+        if mode == "small":
+            return self.small
+        if mode == "large":
+            return self.large
+        return f"{self.small}+{self.large}"
+
+
+class _Emitter:
+    """Turns reasoning/content pieces into chunks and orders custom events after their text.
+
+    One piece is held back so that the final usage and metadata ride on the last text chunk
+    (no empty chunks); custom events queue behind the held piece so they are dispatched after
+    the text they refer to. The first chunk carries the input tokens, the last the rest.
+    """
+
+    def __init__(self, input_tokens: int) -> None:
+        self.input_tokens = input_tokens
+        self.pending: tuple[Part, str, bool] | None = None  # (part, text, is_first)
+        self.queued: list[CustomEvent] = []
+        self.started = False
+        self.content_seen = False
+
+    @staticmethod
+    def _message(part: Part, text: str, **extra: Any) -> AIMessageChunk:
+        if part == "content":
+            return AIMessageChunk(content=text, **extra)
+        return AIMessageChunk(content="", additional_kwargs={"reasoning_content": text}, **extra)
+
+    def _take_pending(self) -> tuple[Part, str, bool] | None:
+        pending, self.pending = self.pending, None
+        return pending
+
+    def _release_queued(self) -> Iterator[CustomEvent]:
+        queued, self.queued = self.queued, []
+        yield from queued
+
+    def piece(self, part: Part, text: str) -> Iterator[Item]:
+        """Add a piece of reasoning or content; yield what it lets go."""
+        if not text:
+            return
+        self.content_seen |= part == "content"
+        held = self._take_pending()
+        if held is not None:
+            held_part, held_text, first = held
+            extra: dict[str, Any] = {"usage_metadata": self._with_input()} if first else {}
+            yield ChatGenerationChunk(message=self._message(held_part, held_text, **extra))
+        yield from self._release_queued()
+        self.pending = (part, text, not self.started)
+        self.started = True
+
+    def custom(self, item: CustomEvent) -> Iterator[Item]:
+        """Queue a custom event behind the held piece (or let it go when nothing is held)."""
+        if self.pending is None:
+            yield item
+        else:
+            self.queued.append(item)
+
+    def finish(self, usage: UsageMetadata, metadata: dict[str, Any]) -> Iterator[Item]:
+        """Yield the last chunk, carrying ``usage`` and ``metadata``, then the queued events."""
+        part, text, first = self._take_pending() or ("content", "", not self.started)
+        if first:
+            usage = self._with_input(usage)
+        message = self._message(
+            part,
+            text,
+            usage_metadata=usage,
+            response_metadata=metadata,
+            chunk_position="last",
+        )
+        yield ChatGenerationChunk(message=message)
+        yield from self._release_queued()
+
+    def _with_input(self, usage: UsageMetadata | None = None) -> UsageMetadata:
+        """Usage for the first chunk: the input tokens, plus ``usage``'s output when given."""
+        output = usage["output_tokens"] if usage is not None else 0
+        first = UsageMetadata(
+            input_tokens=self.input_tokens,
+            output_tokens=output,
+            total_tokens=self.input_tokens + output,
+        )
+        if usage is not None:
+            first["output_token_details"] = usage.get("output_token_details", {})
+        return first
+
+
+def reply_items(
+    call: CallSettings,
+    messages: list[BaseMessage],
+    *,
+    load: Callable[[Role], Backend],
+    templates: Mapping[Role, str | None],
+    handoff: Literal["auto", "ids", "text"],
+    names: ModelNames,
+) -> Generator[Item, None, None]:
+    """Run one request: chunks in order, with custom events placed after their text.
+
+    Args:
+        call: The call's effective settings.
+        messages: The conversation.
+        load: Returns the backend of a role (loaded only for the roles the mode uses).
+        templates: Chat templates that replace a model's own (``None``: its own).
+        handoff: The token hand-off between the two models in speculative mode.
+        names: Model names for the metadata.
+
+    Yields:
+        Chunks, the last one with usage and metadata, and the custom events in between.
+    """
+    dicts = to_chat_dicts(messages)
+    continue_final = wants_continuation(dicts)
+    backends: dict[Role, Backend] = {}
+    if call.mode != "large":
+        backends["small"] = load("small")
+    if call.mode != "small":
+        backends["large"] = load("large")
+    prompts = {
+        role: render_prompt_ids(
+            backend,
+            dicts,
+            tools=call.tools,
+            continue_final=continue_final,
+            chat_template=templates[role],
+            template_field=f"{role}_chat_template",
+        )
+        for role, backend in backends.items()
+    }
+    if len(backends) == 1:
+        # One model: nothing is handed off. The large model alone keeps the output's ids and
+        # the small model alone re-encodes text, as both did before the engine took small=None.
+        handoff = "auto" if "small" in backends else "ids"
+    engine = SpeculativeEngine(
+        backends.get("small"), backends.get("large"), call.config, handoff=handoff
+    )
+    request = Request(
+        small_prompt=prompts.get("small", ()),
+        large_prompt=prompts.get("large", ()),
+        max_tokens=call.max_tokens,
+        sampling=call.config.sampling(seed=call.seed),
+        stop=call.stop,
+        mode=call.mode,
+    )
+    primary: Role = "small" if "small" in backends else "large"
+    splitter = ReasoningSplitter(
+        in_reasoning=opens_reasoning(backends[primary], prompts[primary])
+        or (continue_final and _unclosed_think(dicts[-1]["content"]))
+    )
+    events = cast(Generator[Event, None, None], engine.generate(request))
+    try:
+        yield from _items_of_events(
+            events,
+            splitter=splitter,
+            emitter=_Emitter(len(prompts[primary])),
+            primary=backends[primary],
+            call=call,
+            names=names,
+        )
+    finally:
+        events.close()
+
+
+def _items_of_events(
+    events: Iterator[Event],
+    *,
+    splitter: ReasoningSplitter,
+    emitter: _Emitter,
+    primary: Backend,
+    call: CallSettings,
+    names: ModelNames,
+) -> Iterator[Item]:
+    """The engine's events as chunks and custom events (see :class:`_Emitter`)."""
+    # The delegations and fallbacks so far, by custom-event name (listed in the metadata).
+    recorded: dict[str, list[dict[str, Any]]] = {DELEGATION_EVENT: [], FALLBACK_EVENT: []}
+    for event in events:
+        if isinstance(event, TextEvent):
+            for part, text in splitter.feed(event.text):
+                yield from emitter.piece(part, text)
+        elif isinstance(event, (DelegationEvent, FallbackEvent)):
+            name = DELEGATION_EVENT if isinstance(event, DelegationEvent) else FALLBACK_EVENT
+            data = asdict(event)
+            recorded[name].append(data)
+            yield from emitter.custom(CustomEvent(name, dict(data)))
+        elif isinstance(event, FinishEvent):
+            for part, text in splitter.flush():
+                yield from emitter.piece(part, text)
+            usage = UsageMetadata(
+                input_tokens=0,
+                output_tokens=event.output_tokens,
+                total_tokens=event.output_tokens,
+                output_token_details={
+                    "reasoning": _reasoning_tokens(primary, splitter, event, emitter.content_seen)
+                },
+            )
+            metadata = _finish_metadata(
+                call, event, names, recorded[DELEGATION_EVENT], recorded[FALLBACK_EVENT]
+            )
+            yield from emitter.finish(usage, metadata)
+
+
+def _finish_metadata(
+    call: CallSettings,
+    finish: FinishEvent,
+    names: ModelNames,
+    delegations: list[dict[str, Any]],
+    fallbacks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "model_name": names.reported(call.mode),
+        "model_provider": "spthink",
+        "finish_reason": _FINISH_REASONS.get(finish.stop_reason, finish.stop_reason),
+        "spthink": {
+            "mode": call.mode,
+            "final_mode": finish.mode,
+            "stop_reason": finish.stop_reason,
+            "small_model": names.small,
+            "large_model": names.large,
+            "small_tokens": finish.small.kept_tokens,
+            "large_tokens": finish.large.kept_tokens,
+            "large_share": finish.large_share,
+            "small_usage": asdict(finish.small),
+            "large_usage": asdict(finish.large),
+            "delegations": delegations,
+            "fallbacks": fallbacks,
+            "seconds": finish.seconds,
+            "extra": dict(finish.extra),
+        },
+    }
+
+
+def _reasoning_tokens(
+    primary: Backend, splitter: ReasoningSplitter, finish: FinishEvent, content_seen: bool
+) -> int:
+    """Output tokens in the think part (in the primary model's tokenizer, capped)."""
+    total = finish.output_tokens
+    raw = splitter.reasoning_raw
+    if not raw:
+        return 0
+    if not content_seen:
+        return total
+    try:
+        counted = len(primary.encode(raw))
+    except Exception:  # noqa: BLE001 - fall back to a proportional estimate
+        counted = round(total * len(raw) / max(1, len(splitter.raw)))
+    return max(0, min(total, counted))
+
+
+def _unclosed_think(text: str) -> bool:
+    return text.rfind("<think>") > text.rfind("</think>")

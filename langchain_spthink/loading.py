@@ -1,0 +1,114 @@
+"""The process-wide cache of loaded models.
+
+Every :class:`~langchain_spthink.chat_models.ChatSpeculativeThinking` resolves string model specs
+through :func:`load_backend`, so copies, bound models and separate instances with the same spec
+share one set of weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, cast
+
+from langchain_spthink.backends.base import Backend
+from langchain_spthink.errors import ModelLoadError, SpThinkError
+
+__all__ = ["check_model_spec", "clear_backend_cache", "load_backend", "spec_name"]
+
+_Key = tuple[str, str | None, bool]  # (spec, device, trust_remote_code)
+
+_BACKENDS: dict[_Key, Backend] = {}
+_LOAD_LOCKS: dict[_Key, threading.Lock] = {}
+_GUARD = threading.Lock()
+
+
+def _load_backend_uncached(spec: str, device: str | None, trust_remote_code: bool) -> Backend:
+    from langchain_spthink.backends.transformers import TransformersBackend
+
+    return cast(
+        Backend, TransformersBackend.load(spec, device=device, trust_remote_code=trust_remote_code)
+    )
+
+
+def load_backend(
+    spec: str, *, device: str | None = None, trust_remote_code: bool = False
+) -> Backend:
+    """Load a model once per process and return its shared backend.
+
+    Every :class:`~langchain_spthink.chat_models.ChatSpeculativeThinking` resolves string model
+    specs through this cache, so copies, bound models and separate instances with the same spec
+    share one set of weights. Loading is thread-safe: concurrent first calls wait for one load.
+
+    Args:
+        spec: Embedded alias, hub id, local directory or ``.gguf`` file.
+        device: Torch device (default: CUDA when available, else CPU).
+        trust_remote_code: Passed to transformers.
+
+    Returns:
+        The loaded backend.
+
+    Raises:
+        ModelLoadError: The model cannot be resolved or loaded.
+    """
+    key = (spec, device, trust_remote_code)
+    with _GUARD:
+        hit = _BACKENDS.get(key)
+        if hit is not None:
+            return hit
+        lock = _LOAD_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        with _GUARD:
+            hit = _BACKENDS.get(key)
+        if hit is not None:
+            return hit
+        try:
+            backend = _load_backend_uncached(spec, device, trust_remote_code)
+        except SpThinkError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load model {spec!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        with _GUARD:
+            _BACKENDS[key] = backend
+        return backend
+
+
+def clear_backend_cache() -> None:
+    """Forget the backends loaded by :func:`load_backend` (models load again on next use)."""
+    with _GUARD:
+        _BACKENDS.clear()
+        _LOAD_LOCKS.clear()
+
+
+def spec_name(spec: str | Backend) -> str:
+    """The name of a model setting: the spec string itself, or a loaded backend's name.
+
+    Args:
+        spec: A model spec or a backend.
+
+    Returns:
+        The name reported in metadata.
+    """
+    return spec if isinstance(spec, str) else str(spec.name)
+
+
+def check_model_spec(value: Any) -> Any:
+    """Validate a model setting: a non-empty spec string, or an object with a backend's methods.
+
+    Args:
+        value: The setting.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: It is neither.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("must be a non-empty model spec (alias, hub id or path)")
+        return value
+    if not all(hasattr(value, a) for a in ("new_session", "encode", "decode", "eos_ids")):
+        raise ValueError(f"must be a model spec string or a Backend, got {type(value).__name__}")
+    return value
