@@ -144,7 +144,9 @@ def test_config_errors_name_the_field(field: str, value: object) -> None:
 
 def test_config_is_frozen_and_unknown_preset_fails() -> None:
     cfg = SpeculativeThinkingConfig()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.draft_tokens = 3  # type: ignore[misc]
     with pytest.raises(ConfigError, match="preset"):
         preset("fast")
