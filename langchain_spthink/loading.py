@@ -22,7 +22,14 @@ _LOAD_LOCKS: dict[_Key, threading.Lock] = {}
 _GUARD = threading.Lock()
 
 
+LLAMACPP_PREFIX = "llamacpp:"
+
+
 def _load_backend_uncached(spec: str, device: str | None, trust_remote_code: bool) -> Backend:
+    if spec.startswith(LLAMACPP_PREFIX):
+        from langchain_spthink.backends.llamacpp import LlamaCppBackend
+
+        return cast(Backend, LlamaCppBackend.load(spec[len(LLAMACPP_PREFIX) :]))
     from langchain_spthink.backends.transformers import TransformersBackend
 
     return cast(
@@ -40,7 +47,9 @@ def load_backend(
     share one set of weights. Loading is thread-safe: concurrent first calls wait for one load.
 
     Args:
-        spec: Embedded alias, hub id, local directory or ``.gguf`` file.
+        spec: Embedded alias, hub id, local directory or ``.gguf`` file (transformers), or
+            ``llamacpp:`` + an embedded alias or ``.gguf`` path for the in-process llama.cpp
+            backend (``pip install 'langchain-spthink[llamacpp]'``).
         device: Torch device (default: CUDA when available, else CPU).
         trust_remote_code: Passed to transformers.
 

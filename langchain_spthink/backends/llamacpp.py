@@ -1,0 +1,328 @@
+"""The llama.cpp backend (``llama-cpp-python``): the fast path for CPU and GGUF users.
+
+Invariants of :class:`LlamaCppSession`:
+
+* The session owns one llama.cpp context for its whole life (taken from the backend's pool and
+  given back on :meth:`~LlamaCppSession.close`); two requests never write into one context.
+* ``ctx.n_tokens`` is the number of leading ids in the KV cache; cropping is setting it lower
+  (``Llama.eval`` removes the KV cells past it before decoding), which costs microseconds. State
+  is never saved for rollback (``save_state`` would copy the whole scores array).
+* Logits are read right after each ``eval`` through ``get_logits_ith(-1)`` and copied: the buffer
+  is stale after a crop, so the session always re-evaluates at least one id before sampling.
+* A context handed to a new request keeps its previous tokens; the new prompt reuses their
+  longest common prefix (cross-request prefix caching for free).
+
+Built against ``llama-cpp-python==0.3.36`` (uses ``Llama._ctx``, a private attribute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
+from langchain_spthink.handoff import common_prefix_length
+from langchain_spthink.sampling import SamplingParams, sample_token
+
+__all__ = ["LlamaCppBackend", "LlamaCppSession", "LLAMA_CPP_VERSION"]
+
+LLAMA_CPP_VERSION = "0.3.36"
+
+
+def _import_llama() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise ModelLoadError(
+            "the llama.cpp backend needs llama-cpp-python: "
+            f"pip install 'langchain-spthink[llamacpp]' (llama-cpp-python=={LLAMA_CPP_VERSION}; "
+            "it builds from source in about 8 minutes the first time)"
+        ) from exc
+    return llama_cpp
+
+
+class LlamaCppBackend:
+    """A GGUF model run in-process by llama.cpp.
+
+    Args:
+        model_path: Path of the ``.gguf`` file.
+        name: Name shown in events and metadata (defaults to the file name).
+        chat_template: Jinja chat template; defaults to the GGUF's ``tokenizer.chat_template``.
+        n_ctx: Context length of each llama.cpp context.
+        n_threads: CPU threads for decoding and prompt processing (default: all available
+            cores; llama.cpp's own default is half).
+        max_contexts: Contexts created on demand for concurrent sessions (weights are
+            memory-mapped and shared). A session waits for a free context beyond that.
+        wait_timeout: Seconds a new session waits for a free context before failing.
+        eos_ids: Ids that end generation (default: the model's EOS and end-of-turn ids).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        name: str | None = None,
+        chat_template: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        max_contexts: int = 2,
+        wait_timeout: float = 600.0,
+        eos_ids: frozenset[int] | None = None,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        self._llama_cpp = _import_llama()
+        self.model_path = path
+        self._name = name or path.name
+        self._n_ctx = n_ctx
+        self._threads = n_threads or len(os.sched_getaffinity(0))
+        self._max_contexts = max_contexts
+        self._wait_timeout = wait_timeout
+        self._pool_lock = threading.Condition()
+        self._idle: list[Any] = []
+        self._created = 0
+        first = self._new_context()  # fails fast on a corrupt file
+        self._idle.append(first)
+        # Tokenizer calls only read the vocabulary, so they may use this context while a
+        # session decodes on it.
+        self._tok = first
+        metadata: dict[str, str] = dict(first.metadata)
+        self.chat_template = chat_template or metadata.get("tokenizer.chat_template")
+        self._n_vocab = int(first.n_vocab())
+        model = first._model
+        self._bos_text = model.token_get_text(first.token_bos()) if first.token_bos() >= 0 else ""
+        self._eos_text = model.token_get_text(first.token_eos()) if first.token_eos() >= 0 else ""
+        self._eos_ids = eos_ids if eos_ids is not None else self._default_eos(first)
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def load(cls, spec: str, **kwargs: Any) -> LlamaCppBackend:
+        """Load an embedded alias (e.g. ``smollm2-135m-instruct``) or a ``.gguf`` path."""
+        from langchain_spthink.models import EMBEDDED_MODELS
+
+        embedded = EMBEDDED_MODELS.get(spec)
+        if embedded is not None:
+            kwargs.setdefault("chat_template", embedded.chat_template)
+            kwargs.setdefault("name", spec)
+            return cls(embedded.gguf_path(), **kwargs)
+        if not spec.endswith(".gguf"):
+            raise ModelLoadError(
+                f"the llama.cpp backend loads .gguf files or embedded aliases, got {spec!r}"
+            )
+        return cls(spec, **kwargs)
+
+    def _new_context(self) -> Any:
+        try:
+            llama = self._llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self._n_ctx,
+                n_threads=self._threads,
+                n_threads_batch=self._threads,
+                logits_all=False,
+                verbose=False,
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
+        self._created += 1
+        return llama
+
+    def _default_eos(self, llama: Any) -> frozenset[int]:
+        ids = {int(llama.token_eos())}
+        template = self.chat_template or ""
+        for text in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"):
+            if text in template:
+                found = llama.tokenize(text.encode(), add_bos=False, special=True)
+                if len(found) == 1:
+                    ids.add(int(found[0]))
+        return frozenset(i for i in ids if i >= 0)
+
+    # ------------------------------------------------------------ protocol
+    @property
+    def name(self) -> str:
+        """Model name."""
+        return self._name
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Ids that end generation."""
+        return self._eos_ids
+
+    @property
+    def context_length(self) -> int:
+        """Context length of each llama.cpp context."""
+        return self._n_ctx
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Hash of the id -> token-string table.
+
+        Equal to a transformers tokenizer's of the same vocabulary (e.g. the same GGUF).
+        """
+        if self._fingerprint is None:
+            pieces = [self._tok._model.token_get_text(i) for i in range(self._n_vocab)]
+            self._fingerprint = hashlib.sha256(json.dumps(pieces).encode()).hexdigest()
+        return self._fingerprint
+
+    def encode(self, text: str) -> list[int]:
+        """Tokenize (special tokens in the text are parsed, no BOS added)."""
+        ids = self._tok.tokenize(text.encode(), add_bos=False, special=True)
+        return [int(i) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Detokenize, dropping special tokens' text."""
+        data: bytes = self._tok.detokenize([int(i) for i in ids], special=False)
+        return data.decode("utf-8", errors="replace")
+
+    def chat_prompt_ids(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Render messages with the chat template (Jinja, as transformers does) and tokenize."""
+        if not self.chat_template:
+            raise InvalidRequestError(
+                f"{self.name} has no chat template; pass chat_template=... for this model"
+            )
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered: Any = render_jinja_template(
+            conversations=[list(messages)],
+            tools=list(tools) if tools else None,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt and not continue_final_message,
+            continue_final_message=continue_final_message,
+            bos_token=self._bos_text,
+            eos_token=self._eos_text,
+        )
+        return self.encode(str(rendered[0][0]))
+
+    def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> LlamaCppSession:
+        """Open a session on a free context (waits while all ``max_contexts`` are busy)."""
+        if len(prompt_ids) == 0:
+            raise InvalidRequestError("the prompt is empty: a session needs at least one token")
+        if len(prompt_ids) >= self._n_ctx:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_ids)} tokens but {self.name} accepts at most "
+                f"{self._n_ctx} (prompt + output)"
+            )
+        return LlamaCppSession(self, self._acquire(prompt_ids), prompt_ids, sampling)
+
+    # ------------------------------------------------------------ context pool
+    def _acquire(self, prompt_ids: Sequence[int]) -> Any:
+        with self._pool_lock:
+            while not self._idle and self._created >= self._max_contexts:
+                if not self._pool_lock.wait(self._wait_timeout):
+                    raise BackendError(
+                        f"{self.name}: no free llama.cpp context after {self._wait_timeout} s "
+                        f"(max_contexts={self._max_contexts})"
+                    )
+            if not self._idle:
+                return self._new_context()
+            # The idle context whose tokens share the longest prefix with the prompt.
+            best = max(
+                self._idle,
+                key=lambda c: common_prefix_length(c.input_ids[: c.n_tokens].tolist(), prompt_ids),
+            )
+            self._idle.remove(best)
+            return best
+
+    def _release(self, llama: Any) -> None:
+        with self._pool_lock:
+            self._idle.append(llama)
+            self._pool_lock.notify()
+
+
+class LlamaCppSession:
+    """One request's sequence on one llama.cpp context."""
+
+    def __init__(
+        self,
+        backend: LlamaCppBackend,
+        llama: Any,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+    ) -> None:
+        self._backend = backend
+        self._llama: Any | None = llama
+        self._ids: list[int] = [int(i) for i in prompt_ids]
+        self._forwarded = 0
+        self.sampling = sampling
+        self._generator: torch.Generator | None = None
+        if not sampling.greedy:
+            self._generator = torch.Generator()
+            if sampling.seed is not None:
+                self._generator.manual_seed(sampling.seed)
+            else:
+                self._generator.seed()
+        # Reuse what the context already holds from an earlier request.
+        held = llama.input_ids[: llama.n_tokens].tolist()
+        llama.n_tokens = common_prefix_length(held, self._ids)
+
+    @property
+    def ids(self) -> Sequence[int]:
+        """Prompt + output ids."""
+        return self._ids
+
+    @property
+    def forwarded(self) -> int:
+        """Token positions evaluated so far."""
+        return self._forwarded
+
+    @property
+    def cached(self) -> int:
+        """Leading ids in the KV cache."""
+        return int(self._context().n_tokens)
+
+    def _context(self) -> Any:
+        if self._llama is None:
+            raise BackendError("the session is closed")
+        return self._llama
+
+    def extend(self, ids: Sequence[int]) -> None:
+        """Append ids; evaluated lazily."""
+        self._ids.extend(int(i) for i in ids)
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` ids; crop the KV cache by lowering ``n_tokens``."""
+        if length < 0 or length > len(self._ids):
+            raise ValueError(f"cannot truncate a sequence of {len(self._ids)} ids to {length}")
+        del self._ids[length:]
+        llama = self._context()
+        if llama.n_tokens > length:
+            llama.n_tokens = length
+
+    def next_logits(self) -> torch.Tensor:
+        """Logits ``[vocab]`` after :attr:`ids`, evaluating only ids not in the cache."""
+        llama = self._context()
+        if llama.n_tokens >= len(self._ids):
+            llama.n_tokens = len(self._ids) - 1  # logits of the last id are gone: re-evaluate it
+        pending = self._ids[llama.n_tokens :]
+        llama.eval(pending)
+        self._forwarded += len(pending)
+        row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(self._backend._n_vocab,))
+        return torch.from_numpy(row.copy())
+
+    def stream(self, max_new: int) -> Iterator[int]:
+        """Sample up to ``max_new`` ids."""
+        for _ in range(max_new):
+            token = sample_token(self.next_logits(), self.sampling, self._generator)
+            self._ids.append(token)
+            yield token
+
+    def close(self) -> None:
+        """Give the context back to the pool (its tokens stay for prefix reuse)."""
+        if self._llama is not None:
+            llama, self._llama = self._llama, None
+            self._backend._release(llama)
