@@ -254,9 +254,9 @@ class _Context:
         if spec not in self.loaded:
             source = self.backends
             if source is None:
-                from langchain_spthink.backends.transformers import TransformersBackend
+                from langchain_spthink.loading import load_backend
 
-                self.loaded[spec] = TransformersBackend.load(spec)
+                self.loaded[spec] = load_backend(spec)
             elif isinstance(source, Mapping):
                 if spec not in source:
                     raise ModelLoadError(f"unknown model {spec!r}; available: {sorted(source)}")

@@ -1,0 +1,225 @@
+"""``spthink serve``: run the OpenAI-compatible server from the command line.
+
+:func:`add_serve_parser` adds the ``serve`` subcommand to an argparse subparsers object (the
+``spthink`` CLI registers it); :func:`cmd_serve` is its handler; :func:`main` runs it standalone
+(``python -m integrations.openai_server``). :func:`serve` runs an app with uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from langchain_spthink.errors import ConfigError
+
+if TYPE_CHECKING:
+    from integrations.openai_server.app import ModelSource
+
+__all__ = ["DEFAULT_API_KEY_ENV", "add_serve_parser", "build_model", "cmd_serve", "main", "serve"]
+
+DEFAULT_API_KEY_ENV = "SPTHINK_API_KEY"
+"""Environment variable read for the API key unless ``--api-key-env`` names another."""
+
+
+class _BackendContext(Protocol):
+    """What :func:`cmd_serve` uses of the ``spthink`` CLI's context (optional)."""
+
+    def backend(self, spec: str) -> Any: ...
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    model: ModelSource,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    **app_kwargs: Any,
+) -> None:
+    """Serve ``model`` over the OpenAI API with uvicorn until interrupted.
+
+    Args:
+        model: The chat model, or a function building it (see :func:`create_app`).
+        host: Interface to bind; loopback by default. Another interface without an API key
+            prints a warning.
+        port: TCP port.
+        log_level: uvicorn's log level (the API key is never logged).
+        **app_kwargs: Passed to :func:`~integrations.openai_server.create_app` (``api_key``,
+            ``max_body_bytes``, ``max_tokens_limit``, ``max_queue``, ``max_concurrency``,
+            ``model_id``).
+    """
+    import uvicorn
+
+    from integrations.openai_server.app import create_app
+
+    if not _is_loopback(host) and not app_kwargs.get("api_key"):
+        print(
+            f"spthink serve: warning: listening on {host} without an API key; anyone who can "
+            "reach this port can use the models",
+            file=sys.stderr,
+        )
+    app = create_app(model, **app_kwargs)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand (handler: :func:`cmd_serve`) to ``subparsers``.
+
+    Args:
+        subparsers: The object ``ArgumentParser.add_subparsers()`` returned.
+
+    Returns:
+        The ``serve`` parser.
+    """
+    try:
+        from langchain_spthink.models import DEFAULT_LARGE_MODEL, DEFAULT_SMALL_MODEL
+
+        small_default, large_default = str(DEFAULT_SMALL_MODEL), str(DEFAULT_LARGE_MODEL)
+    except ImportError:  # pragma: no cover - broken install
+        small_default, large_default = "smollm2-135m-instruct", "gemma3-270m"
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve the models over the OpenAI API (/v1/chat/completions)",
+        description="Serve speculative thinking over an OpenAI-compatible HTTP API. Binds "
+        "127.0.0.1 unless --host says otherwise; set an API key (env SPTHINK_API_KEY) before "
+        "binding another interface.",
+    )
+    parser.add_argument("--small", default=small_default, help=f"small model ({small_default})")
+    parser.add_argument("--large", default=large_default, help=f"large model ({large_default})")
+    parser.add_argument("--mode", choices=("speculative", "small", "large"), default="speculative")
+    parser.add_argument(
+        "--preset",
+        choices=("instruct", "reasoning"),
+        default="instruct",
+        help="paper configuration (default instruct)",
+    )
+    parser.add_argument("--temperature", type=float, help="default sampling temperature")
+    parser.add_argument("--max-tokens", type=int, default=512, help="default output budget")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--model-id", default="spthink", help="model id clients send (default spthink)"
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="NAME",
+        help=f"environment variable holding the API key (default {DEFAULT_API_KEY_ENV}; "
+        "unset or empty: no key required)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="the API key itself (visible in the process list: prefer --api-key-env)",
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    parser.add_argument("--max-tokens-limit", type=int, default=4096)
+    parser.add_argument("--max-concurrency", type=int, default=1)
+    parser.add_argument("--max-queue", type=int, default=8)
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(handler=cmd_serve)
+    return parser
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key:
+        return str(args.api_key)
+    name = args.api_key_env or DEFAULT_API_KEY_ENV
+    value = os.environ.get(name, "")
+    if args.api_key_env and not value:
+        raise ConfigError(f"--api-key-env {name}: the environment variable is unset or empty")
+    return value or None
+
+
+def build_model(args: argparse.Namespace, ctx: _BackendContext | None = None) -> Any:
+    """The chat model ``serve`` runs, from the parsed arguments.
+
+    Args:
+        args: Parsed ``serve`` arguments.
+        ctx: The ``spthink`` CLI context; when given, the models it provides (loaded now) are
+            used, else model specs load lazily on the first request.
+
+    Returns:
+        A ``ChatSpeculativeThinking``.
+    """
+    from langchain_spthink.chat_models import ChatSpeculativeThinking
+
+    small: Any = args.small
+    large: Any = args.large
+    if ctx is not None:
+        if args.mode != "large":
+            small = ctx.backend(args.small)
+        if args.mode != "small":
+            large = ctx.backend(args.large)
+    kwargs: dict[str, Any] = {}
+    if args.temperature is not None:
+        kwargs["temperature"] = args.temperature
+    return ChatSpeculativeThinking(
+        small_model=small,
+        large_model=large,
+        mode=args.mode,
+        preset=args.preset,
+        max_tokens=args.max_tokens,
+        **kwargs,
+    )
+
+
+def cmd_serve(args: argparse.Namespace, ctx: _BackendContext | None = None) -> int:
+    """Handler of ``spthink serve``: build the model, then serve until interrupted.
+
+    Args:
+        args: Parsed ``serve`` arguments.
+        ctx: The ``spthink`` CLI context (optional).
+
+    Returns:
+        0 after a clean shutdown.
+    """
+    api_key = _api_key(args)
+    model = build_model(args, ctx)
+    serve(
+        model,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        api_key=api_key,
+        model_id=args.model_id,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens_limit=args.max_tokens_limit,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``serve`` standalone: ``python -m integrations.openai_server [options]``.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code.
+    """
+    parser = argparse.ArgumentParser(prog="spthink")
+    commands = parser.add_subparsers(dest="command")
+    add_serve_parser(commands)
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return cmd_serve(args)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:
+        print(f"spthink serve: error: {exc}", file=sys.stderr)
+        return 2

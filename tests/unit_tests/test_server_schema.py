@@ -1,0 +1,40 @@
+"""OpenAPI schema check of the server with schemathesis (bounded examples and time)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from integrations.openai_server import create_app  # noqa: E402
+from langchain_spthink.chat_models import ChatSpeculativeThinking  # noqa: E402
+from langchain_spthink.testing import ScriptedBackend  # noqa: E402
+
+SCRIPT = ["Hello there, friend.\n\n", "Wait, the sum is 4.\n\n", "Done."]
+
+
+def _app() -> object:
+    model = ChatSpeculativeThinking(
+        small_model=ScriptedBackend(SCRIPT, name="small-fake"),
+        large_model=ScriptedBackend(SCRIPT, name="large-fake"),
+        temperature=0,
+        max_tokens=16,
+    )
+    return create_app(model, max_tokens_limit=64, max_queue=64)
+
+
+schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
+
+
+@schema.parametrize()
+@settings(
+    max_examples=30,
+    deadline=timedelta(seconds=5),
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+def test_openapi_conformance(case: object) -> None:
+    case.call_and_validate()  # type: ignore[attr-defined]
