@@ -23,9 +23,56 @@ _GUARD = threading.Lock()
 
 
 LLAMACPP_PREFIX = "llamacpp:"
+REMOTE_PREFIXES = ("openai+http://", "openai+https://")
+_REMOTE_OPTIONS = frozenset(
+    {"model", "tokenizer", "name", "timeout", "max_retries", "context_length", "api_key_env"}
+)
+
+
+def _load_remote(spec: str) -> Backend:
+    """``openai+http(s)://host:port/path?model=NAME&tokenizer=SPEC&...`` -> RemoteBackend."""
+    import os
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    from langchain_spthink.backends.remote import RemoteBackend
+
+    parts = urlsplit(spec[len("openai+") :])
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - _REMOTE_OPTIONS)
+    if unknown:
+        raise ModelLoadError(
+            f"unknown option(s) {', '.join(unknown)} in remote model spec; "
+            f"known: {', '.join(sorted(_REMOTE_OPTIONS))}"
+        )
+    if not options.get("model"):
+        raise ModelLoadError("a remote model spec needs ?model=NAME (the served model's name)")
+    try:
+        numbers = {
+            "timeout": float(options.get("timeout", 60.0)),
+            "max_retries": int(options.get("max_retries", 2)),
+        }
+        if options.get("context_length"):
+            numbers["context_length"] = int(options["context_length"])
+    except ValueError as exc:
+        raise ModelLoadError(f"invalid number in remote model spec: {exc}") from exc
+    api_key = os.environ.get(options["api_key_env"]) if options.get("api_key_env") else None
+    base_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return cast(
+        Backend,
+        RemoteBackend(
+            base_url,
+            options["model"],
+            tokenizer=options.get("tokenizer") or None,
+            api_key=api_key,
+            name=options.get("name") or None,
+            **numbers,  # type: ignore[arg-type]
+        ),
+    )
 
 
 def _load_backend_uncached(spec: str, device: str | None, trust_remote_code: bool) -> Backend:
+    if spec.startswith(REMOTE_PREFIXES):
+        return _load_remote(spec)
     if spec.startswith(LLAMACPP_PREFIX):
         from langchain_spthink.backends.llamacpp import LlamaCppBackend
 
@@ -49,7 +96,15 @@ def load_backend(
     Args:
         spec: Embedded alias, hub id, local directory or ``.gguf`` file (transformers), or
             ``llamacpp:`` + an embedded alias or ``.gguf`` path for the in-process llama.cpp
-            backend (``pip install 'langchain-spthink[llamacpp]'``).
+            backend (``pip install 'langchain-spthink[llamacpp]'``), or a URL for a model on an
+            OpenAI-compatible ``/v1/completions`` server (vLLM, SGLang, llama.cpp server):
+            ``openai+http://HOST:PORT/v1?model=NAME&tokenizer=SPEC`` (or ``openai+https://``).
+            ``model`` is the served model name (required); ``tokenizer`` an alias, hub id or
+            path whose tokenizer matches the served model (default: ``model``); optional
+            ``timeout`` (seconds per connect/read, default 60), ``max_retries`` (default 2),
+            ``context_length``, ``name``, and ``api_key_env`` (the environment variable holding
+            the key; default ``$SPTHINK_REMOTE_API_KEY``, then ``$OPENAI_API_KEY``). Keys never
+            go in the URL. See :class:`~langchain_spthink.backends.remote.RemoteBackend`.
         device: Torch device (default: CUDA when available, else CPU).
         trust_remote_code: Passed to transformers.
 
