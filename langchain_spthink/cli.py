@@ -1,0 +1,566 @@
+"""The ``spthink`` command line: ``spthink run "question"`` and ``spthink models list|prepare``.
+
+Every subcommand is a function ``(args, ctx) -> exit code`` registered in :data:`_COMMANDS`, so
+later ones (``eval``, ``bench``, ``serve``) plug in the same way. :func:`run_cli` is the testable
+entry point: it takes the argument list, the output streams and, optionally, a way to obtain
+backends without loading weights (e.g. :class:`~langchain_spthink.testing.ScriptedBackend`).
+Errors are reported as one ``spthink: error: ...`` line on stderr with a nonzero exit code, never
+as a traceback (set ``SPTHINK_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any, NoReturn
+
+from langchain_spthink.backends.base import Backend
+from langchain_spthink.config import PRESETS, SpeculativeThinkingConfig, preset
+from langchain_spthink.engine import Request, SpeculativeEngine
+from langchain_spthink.errors import ConfigError, ModelLoadError, SpThinkError
+from langchain_spthink.events import (
+    DelegationEvent,
+    Event,
+    FallbackEvent,
+    FinishEvent,
+    TextEvent,
+)
+
+__all__ = ["BackendSource", "build_parser", "config_table", "main", "run_cli", "summary_line"]
+
+BackendSource = Mapping[str, Backend] | Callable[[str], Backend]
+"""Where the CLI gets a backend for a model spec: a table ``spec -> backend`` or a loader."""
+
+# Used when models.py cannot be imported (it only fails in a broken install).
+_FALLBACK_SMALL = "smollm2-135m-instruct"
+_FALLBACK_LARGE = "gemma3-270m"
+
+_ANSI = {"large": "\x1b[1;36m", "inserted": "\x1b[3;33m"}
+_RESET = "\x1b[0m"
+_EVENT_TYPES: dict[type, str] = {
+    TextEvent: "text",
+    DelegationEvent: "delegation",
+    FallbackEvent: "fallback",
+    FinishEvent: "finish",
+}
+
+
+def _default_models() -> tuple[str, str]:
+    try:
+        from langchain_spthink.models import DEFAULT_LARGE_MODEL, DEFAULT_SMALL_MODEL
+    except ImportError:  # pragma: no cover - only in a broken install
+        return _FALLBACK_SMALL, _FALLBACK_LARGE
+    return str(DEFAULT_SMALL_MODEL), str(DEFAULT_LARGE_MODEL)
+
+
+@dataclass
+class _Context:
+    """What a subcommand runs with: streams and the source of backends."""
+
+    stdout: IO[str]
+    stderr: IO[str]
+    backends: BackendSource | None = None
+    loaded: dict[str, Backend] = field(default_factory=dict)
+
+    def backend(self, spec: str) -> Backend:
+        """The backend of a model spec, loaded once per invocation."""
+        if spec in self.loaded:
+            return self.loaded[spec]
+        source = self.backends
+        if source is None:
+            from langchain_spthink.backends.transformers import TransformersBackend
+
+            backend: Backend = TransformersBackend.load(spec)
+        elif isinstance(source, Mapping):
+            if spec not in source:
+                raise ModelLoadError(f"unknown model {spec!r}; available: {sorted(source)}")
+            backend = source[spec]
+        else:
+            backend = source(spec)
+        self.loaded[spec] = backend
+        return backend
+
+    def note(self, message: str) -> None:
+        """A progress line on stderr."""
+        print(message, file=self.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that raises instead of exiting, so :func:`run_cli` returns codes."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, list):
+        value = tuple(value)
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``spthink`` (subcommands ``run`` and ``models``)."""
+    small_default, large_default = _default_models()
+    parser = _Parser(
+        prog="spthink",
+        description="Speculative Thinking: a small model writes, a large model writes the "
+        "reflective steps.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run",
+        help="answer one question, streaming the text with the large model's steps marked",
+        description="Answer one question with speculative thinking. The large model's steps are "
+        "coloured on a terminal and written as [[large: ...]] otherwise; a one-line summary "
+        "follows.",
+    )
+    run.add_argument("question", help="the user message ('-' reads it from stdin)")
+    run.add_argument(
+        "--small", default=small_default, help=f"small model (default {small_default})"
+    )
+    run.add_argument(
+        "--large", default=large_default, help=f"large model (default {large_default})"
+    )
+    run.add_argument(
+        "--mode",
+        choices=("speculative", "small", "large"),
+        default="speculative",
+        help="speculative (default), or one model alone",
+    )
+    run.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="instruct",
+        help="paper configuration: instruct (begin + intervene at every boundary; default, "
+        "right for an instruct small model) or reasoning (intervene at cue words only)",
+    )
+    run.add_argument("--system", help="system message")
+    run.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    run.add_argument("--top-p", type=float, help="nucleus mass")
+    run.add_argument("--top-k", type=int, help="top-k cut (0 disables)")
+    run.add_argument("--seed", type=int, help="random seed of the request")
+    run.add_argument(
+        "--max-tokens", type=_positive_int, default=512, help="output token budget (default 512)"
+    )
+    run.add_argument("--draft-tokens", type=_positive_int, help="look-ahead / step length")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config field (VALUE parsed as JSON when it is JSON), e.g. --set begin=false",
+    )
+    run.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    run.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the large model's steps (auto: when stdout is a terminal and NO_COLOR unset)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="describe each delegation on stderr"
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    run.set_defaults(handler=_cmd_run)
+
+    config = commands.add_parser(
+        "config",
+        help="show the configuration knobs with their values (defaults, or a preset's)",
+    )
+    config.add_argument("--preset", choices=sorted(PRESETS), help="show a preset's values")
+    config.add_argument(
+        "--set",
+        dest="overrides",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, as for run",
+    )
+    shape = config.add_mutually_exclusive_group()
+    shape.add_argument("--markdown", action="store_true", help="a Markdown table (README)")
+    shape.add_argument("--json", action="store_true", help="a JSON object")
+    config.set_defaults(handler=_cmd_config)
+
+    models = commands.add_parser("models", help="list or prepare the embedded models")
+    models_commands = models.add_subparsers(
+        dest="models_command", metavar="ACTION", parser_class=_Parser
+    )
+    listing = models_commands.add_parser("list", help="list the embedded model aliases")
+    listing.set_defaults(handler=_cmd_models_list)
+    prepare = models_commands.add_parser(
+        "prepare",
+        help="assemble and convert the embedded models into the local cache (idempotent)",
+    )
+    prepare.add_argument("aliases", nargs="*", help="aliases to prepare (default: all)")
+    prepare.set_defaults(handler=_cmd_models_prepare)
+    models.set_defaults(handler=_cmd_models_list)
+    return parser
+
+
+# ---------------------------------------------------------------------------------- run
+def _quiet_transformers() -> None:
+    """No progress bars or warnings from transformers while loading (they'd clutter stderr)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+
+
+def _config(args: argparse.Namespace) -> SpeculativeThinkingConfig:
+    overrides: dict[str, Any] = dict(args.overrides)
+    for key in ("temperature", "top_p", "top_k", "draft_tokens"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    return preset(args.preset, **overrides)
+
+
+def _question(args: argparse.Namespace) -> str:
+    text = str(args.question)
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        raise ConfigError("the question is empty")
+    return text
+
+
+class _TextRenderer:
+    """Writes text events, marking who wrote what: ANSI colours or ``[[author: ...]]``."""
+
+    def __init__(self, out: IO[str], *, color: bool) -> None:
+        self.out = out
+        self.color = color
+        self.current = "small"
+        self.at_line_start = True
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            if not text.startswith("\x1b"):
+                self.at_line_start = text.endswith("\n")
+
+    def write(self, event: TextEvent) -> None:
+        if event.author != self.current:
+            self._close()
+            self._open(event.author)
+        self._emit(event.text)
+        self.out.flush()
+
+    def _open(self, author: str) -> None:
+        self.current = author
+        if author != "small":
+            self._emit(_ANSI[author] if self.color else f"[[{author}: ")
+
+    def _close(self) -> None:
+        if self.current != "small":
+            self._emit(_RESET if self.color else "]]")
+        self.current = "small"
+
+    def finish(self) -> None:
+        self._close()
+        if not self.at_line_start:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def _kinds(delegations: Iterable[DelegationEvent]) -> Counter[str]:
+    return Counter(d.kind for d in delegations)
+
+
+def summary_line(
+    finish: FinishEvent,
+    kinds: Mapping[str, int],
+    *,
+    small_name: str | None,
+    large_name: str | None,
+) -> str:
+    """The one-line summary printed after the answer."""
+    out = finish.output_tokens
+    parts = []
+    if small_name is not None:
+        parts.append(f"small {small_name}: {finish.small.kept_tokens} tok")
+    if large_name is not None:
+        parts.append(
+            f"large {large_name}: {finish.large.kept_tokens} tok "
+            f"({100.0 * finish.large_share:.1f}% of output)"
+        )
+    by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    parts.append(f"delegations: {finish.delegations}" + (f" ({by_kind})" if by_kind else ""))
+    rate = out / finish.seconds if finish.seconds > 0 else 0.0
+    parts.append(f"{out} tok in {finish.seconds:.1f} s, {rate:.1f} tok/s")
+    parts.append(f"stop: {finish.stop_reason}")
+    if finish.mode != "speculative":
+        parts.append(f"mode: {finish.mode}")
+    return "-- " + " | ".join(parts)
+
+
+def _event_json(event: Event, kinds: Mapping[str, int]) -> str:
+    data: dict[str, Any] = {"type": _EVENT_TYPES[type(event)], **asdict(event)}
+    if isinstance(event, FinishEvent):
+        prompt = event.small.prompt_tokens or event.large.prompt_tokens
+        data["output_tokens"] = event.output_tokens
+        data["large_share"] = event.large_share
+        data["delegations_by_kind"] = dict(kinds)
+        data["usage"] = {
+            "input_tokens": prompt,
+            "output_tokens": event.output_tokens,
+            "total_tokens": prompt + event.output_tokens,
+        }
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _use_color(choice: str, stream: IO[str]) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _describe(event: DelegationEvent) -> str:
+    kept = f"kept {event.kept}"
+    labels = f"small {event.small_label}, large {event.large_label}"
+    return (
+        f"[delegation {event.kind} at {event.position}: {event.large_tokens} large tokens, "
+        f"{kept}, labels {labels}, {event.seconds:.2f} s] large: {event.large_text!r}"
+        + (f" | small draft: {event.small_draft!r}" if event.small_draft is not None else "")
+    )
+
+
+def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
+    config = _config(args)
+    question = _question(args)
+    quiet = args.quiet
+    if ctx.backends is None and not args.verbose:
+        _quiet_transformers()
+    started = time.monotonic()
+    small = ctx.backend(args.small) if args.mode != "large" else None
+    large = ctx.backend(args.large) if args.mode != "small" else None
+    if not quiet and ctx.backends is None:
+        ctx.note(f"spthink: models ready in {time.monotonic() - started:.1f} s")
+    messages: list[dict[str, Any]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": question})
+    writer = small if small is not None else large
+    assert writer is not None  # one of the two is always loaded
+    small_prompt = writer.chat_prompt_ids(messages)
+    large_prompt = large.chat_prompt_ids(messages) if large is not None else small_prompt
+    request = Request(
+        small_prompt=small_prompt,
+        large_prompt=large_prompt,
+        max_tokens=args.max_tokens,
+        sampling=config.sampling(seed=args.seed),
+        mode=args.mode,
+    )
+    engine = SpeculativeEngine(writer, large, config)
+    renderer = (
+        None if args.json else _TextRenderer(ctx.stdout, color=_use_color(args.color, ctx.stdout))
+    )
+    delegations: list[DelegationEvent] = []
+    for event in engine.generate(request):
+        if isinstance(event, DelegationEvent):
+            delegations.append(event)
+            if args.verbose:
+                ctx.note(_describe(event))
+        elif isinstance(event, FallbackEvent):
+            ctx.note(f"spthink: large model failed ({event.reason}); continuing with small")
+        if args.json:
+            kinds = _kinds(delegations)
+            print(_event_json(event, kinds), file=ctx.stdout, flush=True)
+            continue
+        assert renderer is not None
+        if isinstance(event, TextEvent):
+            renderer.write(event)
+        elif isinstance(event, FinishEvent):
+            renderer.finish()
+            line = summary_line(
+                event,
+                _kinds(delegations),
+                small_name=small.name if small is not None else None,
+                large_name=large.name if large is not None else None,
+            )
+            print(line, file=ctx.stdout, flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- config
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(json.dumps(v, ensure_ascii=False) for v in value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return (
+        "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    )
+
+
+def config_table(config: SpeculativeThinkingConfig | None = None) -> str:
+    """A Markdown table of every config field: name, value (default: the defaults), meaning."""
+    config = config or SpeculativeThinkingConfig()
+    lines = ["| knob | default | meaning |", "| --- | --- | --- |"]
+    for name, info in type(config).model_fields.items():
+        value = _show(getattr(config, name)).replace("|", "\\|")
+        lines.append(f"| `{name}` | `{value}` | {info.description or ''} |")
+    return "\n".join(lines)
+
+
+def _cmd_config(args: argparse.Namespace, ctx: _Context) -> int:
+    overrides = dict(args.overrides)
+    config = (
+        preset(args.preset, **overrides) if args.preset else SpeculativeThinkingConfig(**overrides)
+    )
+    if args.json:
+        print(json.dumps(config.model_dump(), ensure_ascii=False, indent=1), file=ctx.stdout)
+    elif args.markdown:
+        print(config_table(config), file=ctx.stdout)
+    else:
+        width = max(len(n) for n in type(config).model_fields)
+        for name in type(config).model_fields:
+            print(f"{name:<{width}}  {_show(getattr(config, name))}", file=ctx.stdout)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- models
+def _embedded() -> dict[str, Any]:
+    from langchain_spthink.models import EMBEDDED_MODELS
+
+    return dict(EMBEDDED_MODELS)
+
+
+def _cmd_models_list(args: argparse.Namespace, ctx: _Context) -> int:
+    small_default, large_default = _default_models()
+    for alias, info in _embedded().items():
+        role = (
+            " (default small)"
+            if alias == small_default
+            else " (default large)"
+            if alias == large_default
+            else ""
+        )
+        about = getattr(info, "description", None) or getattr(info, "repo_id", None) or ""
+        print(f"{alias}{role}" + (f"  {about}" if about else ""), file=ctx.stdout)
+    return 0
+
+
+def _cmd_models_prepare(args: argparse.Namespace, ctx: _Context) -> int:
+    from langchain_spthink.models import load_model
+
+    known = _embedded()
+    aliases = list(args.aliases) or list(known)
+    unknown = [a for a in aliases if a not in known]
+    if unknown:
+        raise ModelLoadError(f"unknown alias(es) {unknown}; embedded: {sorted(known)}")
+    for alias in aliases:
+        started = time.monotonic()
+        ctx.note(f"spthink: preparing {alias} ...")
+        loaded = load_model(alias)
+        del loaded
+        print(f"{alias}: ready ({time.monotonic() - started:.1f} s)", file=ctx.stdout, flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- entry
+def run_cli(
+    argv: Sequence[str] | None = None,
+    *,
+    backends: BackendSource | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """Run ``spthink`` with ``argv`` and return its exit code (never raises, never exits).
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+        backends: Backends to use instead of loading weights: a table from model spec (the
+            ``--small`` / ``--large`` values) to backend, or a function of the spec.
+        stdout: Where answers go (default ``sys.stdout``).
+        stderr: Where progress and errors go (default ``sys.stderr``).
+
+    Returns:
+        0 on success, 1 on an error while running, 2 on bad usage, 130 on Ctrl-C.
+    """
+    ctx = _Context(stdout or sys.stdout, stderr or sys.stderr, backends)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as exc:
+        exc.parser.print_usage(ctx.stderr)
+        print(f"{exc.parser.prog}: error: {exc}", file=ctx.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.version:
+        from langchain_spthink import __version__
+
+        print(f"spthink {__version__}", file=ctx.stdout)
+        return 0
+    handler: Callable[[argparse.Namespace, _Context], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(ctx.stderr)
+        return 2
+    try:
+        return handler(args, ctx)
+    except KeyboardInterrupt:
+        print("\nspthink: interrupted", file=ctx.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if os.environ.get("SPTHINK_DEBUG"):
+            raise
+        kind = "" if isinstance(exc, SpThinkError) else f"{type(exc).__name__}: "
+        print(f"spthink: error: {kind}{exc}", file=ctx.stderr)
+        return 1
+
+
+def main() -> None:
+    """Console-script entry point of ``spthink``."""
+    code = run_cli()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # pragma: no cover - reader went away
+        pass
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
