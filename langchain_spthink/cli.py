@@ -74,9 +74,9 @@ class _Context:
             return self.loaded[spec]
         source = self.backends
         if source is None:
-            from langchain_spthink.backends.transformers import TransformersBackend
+            from langchain_spthink.loading import load_backend
 
-            backend: Backend = TransformersBackend.load(spec)
+            backend: Backend = load_backend(spec)
         elif isinstance(source, Mapping):
             if spec not in source:
                 raise ModelLoadError(f"unknown model {spec!r}; available: {sorted(source)}")
@@ -129,7 +129,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``spthink`` (subcommands ``run`` and ``models``)."""
+    """The argument parser of ``spthink``: run, config, models, eval, report, serve."""
     small_default, large_default = _default_models()
     parser = _Parser(
         prog="spthink",
@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("aliases", nargs="*", help="aliases to prepare (default: all)")
     prepare.set_defaults(handler=_cmd_models_prepare)
     models.set_defaults(handler=_cmd_models_list)
+
+    from integrations.openai_server.cli import add_serve_parser
+    from langchain_spthink.eval.cli import add_eval_parsers
+
+    add_eval_parsers(commands)
+    add_serve_parser(commands)
     return parser
 
 
