@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SamplingParams", "warp_logits", "sample_token"]
+__all__ = ["SamplingParams", "warp_logits", "sample_token", "request_generator"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,25 @@ def sample_token(
         return int(torch.argmax(logits).item())
     probs = warp_logits(logits, params).softmax(dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def request_generator(
+    params: SamplingParams, device: torch.device | str = "cpu"
+) -> torch.Generator | None:
+    """The random generator of one request: seeded when ``params.seed`` is set, ``None`` if greedy.
+
+    Args:
+        params: The request's sampling settings.
+        device: Device of the logits the generator samples from.
+
+    Returns:
+        A generator, or ``None`` for greedy decoding.
+    """
+    if params.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    return generator

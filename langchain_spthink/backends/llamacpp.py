@@ -30,7 +30,7 @@ import torch
 
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
 from langchain_spthink.handoff import common_prefix_length
-from langchain_spthink.sampling import SamplingParams, sample_token
+from langchain_spthink.sampling import SamplingParams, request_generator, sample_token
 
 __all__ = ["LlamaCppBackend", "LlamaCppSession", "LLAMA_CPP_VERSION"]
 
@@ -259,13 +259,7 @@ class LlamaCppSession:
         self._ids: list[int] = [int(i) for i in prompt_ids]
         self._forwarded = 0
         self.sampling = sampling
-        self._generator: torch.Generator | None = None
-        if not sampling.greedy:
-            self._generator = torch.Generator()
-            if sampling.seed is not None:
-                self._generator.manual_seed(sampling.seed)
-            else:
-                self._generator.seed()
+        self._generator = request_generator(sampling)
         # Reuse what the context already holds from an earlier request.
         held = llama.input_ids[: llama.n_tokens].tolist()
         llama.n_tokens = common_prefix_length(held, self._ids)

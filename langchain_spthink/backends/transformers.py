@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from langchain_spthink.errors import BackendError, InvalidRequestError
-from langchain_spthink.sampling import SamplingParams, sample_token
+from langchain_spthink.sampling import SamplingParams, request_generator, sample_token
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -181,13 +181,7 @@ class TransformersSession:
         self._cached = 0
         self._forwarded = 0
         self.sampling = sampling
-        self._generator: torch.Generator | None = None
-        if not sampling.greedy:
-            self._generator = torch.Generator(device=backend.device)
-            if sampling.seed is not None:
-                self._generator.manual_seed(sampling.seed)
-            else:
-                self._generator.seed()
+        self._generator = request_generator(sampling, backend.device)
 
     @property
     def ids(self) -> Sequence[int]:

@@ -189,3 +189,18 @@ def test_detokenizer_holds_back_partial_characters() -> None:
     deltas = [detok.push(i) for i in range(len(raw))]
     assert deltas == ["", "é", "", "", "", "🙂"]
     assert detok.flush() == ""
+
+
+def test_request_generator_is_seeded_or_absent() -> None:
+    from langchain_spthink.sampling import request_generator
+
+    assert request_generator(SamplingParams(temperature=0.0, seed=3)) is None
+    params = SamplingParams(temperature=1.0, seed=3)
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    runs = [
+        [sample_token(logits, params, g) for _ in range(20)]
+        for g in (request_generator(params), request_generator(params))
+    ]
+    assert runs[0] == runs[1]
+    unseeded = SamplingParams(temperature=1.0)
+    assert request_generator(unseeded) is not None
