@@ -219,6 +219,14 @@ class LlamaCppBackend:
             )
         return LlamaCppSession(self, self._acquire(prompt_ids), prompt_ids, sampling)
 
+    def close(self) -> None:
+        """Free every idle context (and the model weights they map); busy ones stay usable."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+            self._created -= len(idle)
+        for llama in idle:
+            llama.close()
+
     # ------------------------------------------------------------ context pool
     def _acquire(self, prompt_ids: Sequence[int]) -> Any:
         with self._pool_lock:

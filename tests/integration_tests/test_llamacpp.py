@@ -7,6 +7,7 @@ top-2 gap is clear (the prompts below were checked to have no near-tie in the co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,13 +32,17 @@ QUESTION = [{"role": "user", "content": "What is 12 times 7?"}]
 
 
 @pytest.fixture(scope="module")
-def llama_small() -> LlamaCppBackend:
-    return LlamaCppBackend.load("smollm2-135m-instruct", n_ctx=2048)
+def llama_small() -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend.load("smollm2-135m-instruct", n_ctx=2048)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(scope="module")
-def llama_large() -> LlamaCppBackend:
-    return LlamaCppBackend.load("gemma3-270m", n_ctx=2048)
+def llama_large() -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend.load("gemma3-270m", n_ctx=2048)
+    yield backend
+    backend.close()
 
 
 def finish(events: list[Any]) -> FinishEvent:
