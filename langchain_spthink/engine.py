@@ -7,8 +7,11 @@ model, and the counters of the algorithm. Nothing here knows about LangChain or 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -75,7 +78,21 @@ class _Track:
     session: Session
     prompt_len: int
     usage: ModelUsage
+    sampling: SamplingParams
     synced: int = 0  # version of the shared output the session's ids reflect
+    forked_forwarded: int = 0  # positions forwarded by throw-away sessions (concurrent steps)
+
+
+@dataclass
+class _PendingStep:
+    """A large-model step running in the executor on a throw-away session."""
+
+    future: Future[tuple[list[int], int, float]]
+    stop: threading.Event
+    started: float
+
+    def discard(self) -> None:
+        self.stop.set()  # the worker closes its stream at the next token
 
 
 @dataclass
@@ -99,6 +116,10 @@ class SpeculativeEngine:
         handoff: ``ids`` (same tokenizer), ``text`` (re-tokenize), or ``auto`` (ids iff the
             tokenizers are equal).
         clock: Monotonic clock (injectable for tests).
+        executor: Runs the large model's step at a boundary while the small model drafts
+            (concurrent drafts); ``None`` runs them one after the other.
+        concurrent_drafts: Use ``executor`` for large steps; default: when the large backend
+            is remote (``is_remote``), whose steps are network-bound and open cheap sessions.
     """
 
     def __init__(
@@ -109,11 +130,17 @@ class SpeculativeEngine:
         *,
         handoff: Literal["auto", "ids", "text"] = "auto",
         clock: Callable[[], float] = time.monotonic,
+        executor: Executor | None = None,
+        concurrent_drafts: bool | None = None,
     ) -> None:
         self.small = small
         self.large = large
         self.config = config or SpeculativeThinkingConfig()
         self.clock = clock
+        self.executor = executor
+        if concurrent_drafts is None:
+            concurrent_drafts = bool(getattr(large, "is_remote", False))
+        self.concurrent_drafts = concurrent_drafts and executor is not None
         if small is None and large is None:
             raise InvalidRequestError("an engine needs at least one model")
         same = (
@@ -148,7 +175,11 @@ class _Run:
     """The state of one request; its methods are the steps of ALGORITHM.md."""
 
     def __init__(self, engine: SpeculativeEngine, request: Request) -> None:
+        self.engine = engine
         self.cfg = engine.config
+        self.saved = 0.0
+        self.concurrent_steps = 0
+        self.discarded_steps = 0
         self.clock = engine.clock
         self.request = request
         self.mode: Mode = request.mode
@@ -185,7 +216,8 @@ class _Run:
             seed,
         )
         session = backend.new_session(prompt, sampling)
-        return _Track(role, backend, session, len(prompt), ModelUsage(prompt_tokens=len(prompt)))
+        usage = ModelUsage(prompt_tokens=len(prompt))
+        return _Track(role, backend, session, len(prompt), usage, sampling)
 
     def close(self) -> None:
         for track in self.tracks.values():
@@ -206,7 +238,7 @@ class _Run:
             raise LargeModelError(f"the large model failed: {fault.cause}") from fault.cause
         yield from self.out.drain(final=True)
         for track in self.tracks.values():
-            track.usage.forwarded_tokens = track.session.forwarded
+            track.usage.forwarded_tokens = track.session.forwarded + track.forked_forwarded
         empty = ModelUsage()
         yield FinishEvent(
             stop_reason=reason,
@@ -216,6 +248,15 @@ class _Run:
             delegations=self.delegations,
             seconds=self.clock() - self.started,
             mode=self.mode,
+            extra=(
+                {
+                    "concurrent_seconds_saved": self.saved,
+                    "concurrent_steps": float(self.concurrent_steps),
+                    "concurrent_steps_discarded": float(self.discarded_steps),
+                }
+                if self.engine.concurrent_drafts
+                else {}
+            ),
         )
 
     def _solo(self, track: _Track) -> Iterator[Event]:
@@ -262,12 +303,27 @@ class _Run:
         draft: _Step | None = None
         s: int | None = None
         # With not_reasoning + choose_large the small draft cannot change the outcome: skip it.
+        pending: _PendingStep | None = None
         if not (cfg.not_reasoning and cfg.choose_large):
-            draft = yield from self._write(small, cfg.draft_tokens, live=False)
+            pending = self._start_large(cfg.draft_tokens)
+            try:
+                draft = yield from self._write(small, cfg.draft_tokens, live=False)
+            except BaseException:
+                if pending is not None:
+                    pending.discard()
+                raise
             s = self._classify(draft.text)
             if s == 0 and not cfg.not_reasoning:
+                if pending is not None:
+                    pending.discard()
+                    self.discarded_steps += 1
                 return (yield from self._keep_neutral(draft))
-        large = yield from self._write(self.tracks["large"], cfg.draft_tokens, live=False)
+        if pending is not None:
+            large = self._finish_large(pending, cfg.draft_tokens)
+            assert draft is not None
+            self.saved += max(0.0, draft.seconds + large.seconds - (self.clock() - pending.started))
+        else:
+            large = yield from self._write(self.tracks["large"], cfg.draft_tokens, live=False)
         l_label = self._classify(large.text)
         keep_large = (
             cfg.choose_large
@@ -348,6 +404,88 @@ class _Run:
                 yield event()
             raise
         yield event()
+
+    # ------------------------------------------------------------ concurrent drafts
+    def _start_large(self, max_new: int) -> _PendingStep | None:
+        """Start the large model's step of this boundary in the executor (or return None).
+
+        The step runs on a throw-away session opened from a snapshot of the large model's ids
+        (synced to the output now: the small draft does not change the output), so the real
+        session is untouched until the step is kept.
+        """
+        engine = self.engine
+        if not engine.concurrent_drafts or engine.executor is None or self.mode != "speculative":
+            return None
+        track = self.tracks["large"]
+        self._check_budget(track)
+        self._sync(track)
+        track.synced = -1  # a draft is not in the output until committed
+        snapshot = list(track.session.ids)
+        room = track.backend.context_length - len(snapshot)
+        budget = min(max_new, self.request.max_tokens - self.kept_tokens, room)
+        stop, eos, clock = threading.Event(), track.backend.eos_ids, self.clock
+
+        def work() -> tuple[list[int], int, float]:
+            started = clock()
+            fork = track.backend.new_session(snapshot, track.sampling)
+            ids: list[int] = []
+            stream = fork.stream(budget)
+            try:
+                for token in stream:
+                    if stop.is_set():
+                        break
+                    ids.append(token)
+                    if token in eos:
+                        break
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()  # a remote backend closes its HTTP stream here
+                fork.close()
+            return ids, fork.forwarded, clock() - started
+
+        self.concurrent_steps += 1
+        return _PendingStep(engine.executor.submit(work), stop, self.clock())
+
+    def _finish_large(self, pending: _PendingStep, max_new: int) -> _Step:
+        """Wait for a started large step and replay it into the real session as a draft."""
+        cfg, track = self.cfg, self.tracks["large"]
+        limits = []
+        if cfg.large_step_timeout:
+            limits.append(pending.started + cfg.large_step_timeout)
+        if self.deadline is not None:
+            limits.append(self.deadline)
+        wait = max(0.0, min(limits) - self.clock()) if limits else None
+        try:
+            ids, forwarded, seconds = pending.future.result(timeout=wait)
+        except FutureTimeout:
+            pending.discard()
+            if self.deadline is not None and self.clock() > self.deadline:
+                raise _Finished("timeout") from None
+            cause = TimeoutError(f"large-model step exceeded {cfg.large_step_timeout} s")
+            raise _LargeFault(cause) from None
+        except Exception as exc:
+            raise _LargeFault(exc) from exc
+        session = track.session
+        step = _Step(start=len(session.ids), seconds=seconds)
+        detok = IncrementalDetokenizer(track.backend.decode, session.ids[-6:])
+        track.forked_forwarded += forwarded
+        track.usage.seconds += seconds
+        for token in ids:
+            session.extend([token])
+            track.usage.generated_tokens += 1
+            if token in track.backend.eos_ids:
+                step.eos = True
+                break
+            step.ids.append(token)
+            step.text += detok.push(token)
+            step.ends.append(len(step.text))
+        tail = detok.flush()
+        if tail:
+            step.text += tail
+            if step.ends:
+                step.ends[-1] = len(step.text)
+        return step
 
     # ------------------------------------------------------------ primitives
     def _classify(self, text: str) -> int:

@@ -13,6 +13,7 @@ Two tokenizers are available: ``"word"`` (words with their leading space; ``"\\n
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -36,12 +37,17 @@ class _Vocab:
     def __init__(self) -> None:
         self.by_text: dict[str, int] = {EOS_TEXT: 0}
         self.by_id: list[str] = [EOS_TEXT]
+        self._lock = threading.Lock()  # sessions may run in worker threads
 
     def id(self, piece: str) -> int:
-        if piece not in self.by_text:
-            self.by_text[piece] = len(self.by_id)
-            self.by_id.append(piece)
-        return self.by_text[piece]
+        found = self.by_text.get(piece)
+        if found is not None:
+            return found
+        with self._lock:
+            if piece not in self.by_text:
+                self.by_text[piece] = len(self.by_id)
+                self.by_id.append(piece)
+            return self.by_text[piece]
 
 
 _VOCABS = {"word": _Vocab(), "char": _Vocab()}
@@ -145,8 +151,19 @@ class ScriptedBackend:
         return self.encode(text)
 
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> ScriptedSession:
-        """Open a session."""
-        session = ScriptedSession(self, prompt_ids)
+        """Open a session.
+
+        A session opened from a snapshot of an open session's sequence (a fork, as concurrent
+        drafts make) keeps that session's prompt length, so the script sees the same output.
+        """
+        prompt_len = len(prompt_ids)
+        for other in self.sessions:
+            if not other.closed and list(prompt_ids[: other.prompt_len]) == list(
+                other.ids[: other.prompt_len]
+            ):
+                prompt_len = other.prompt_len
+                break
+        session = ScriptedSession(self, prompt_ids, prompt_len)
         self.sessions.append(session)
         return session
 
@@ -154,11 +171,13 @@ class ScriptedBackend:
 class ScriptedSession:
     """Session of a :class:`ScriptedBackend`; counts forwarded positions like a real cache."""
 
-    def __init__(self, backend: ScriptedBackend, prompt_ids: Sequence[int]) -> None:
+    def __init__(
+        self, backend: ScriptedBackend, prompt_ids: Sequence[int], prompt_len: int | None = None
+    ) -> None:
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty: a session needs at least one token")
         self.backend = backend
-        self.prompt_len = len(prompt_ids)
+        self.prompt_len = len(prompt_ids) if prompt_len is None else prompt_len
         self._ids = list(prompt_ids)
         self._cached = 0
         self._forwarded = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,19 +52,36 @@ def next_token(backend: ScriptedBackend, prompt_len: int):  # type: ignore[no-un
     return fn
 
 
+POOL = ThreadPoolExecutor(2)
+
+
 @settings(max_examples=400, deadline=None)
-@given(small_script=script, large_script=script, cfg=configs, max_tokens=st.integers(1, 60))
+@given(
+    small_script=script,
+    large_script=script,
+    cfg=configs,
+    max_tokens=st.integers(1, 60),
+    concurrent=st.booleans(),
+)
 def test_engine_equals_reference(
-    small_script: list[str], large_script: list[str], cfg: dict[str, object], max_tokens: int
+    small_script: list[str],
+    large_script: list[str],
+    cfg: dict[str, object],
+    max_tokens: int,
+    concurrent: bool,
 ) -> None:
     config = SpeculativeThinkingConfig(**cfg)
     small = ScriptedBackend(small_script, name="s")
     large = ScriptedBackend(large_script, name="l")
     prompt = small.encode("Q:")
     events = list(
-        SpeculativeEngine(small, large, config).generate(
-            Request(prompt, prompt, max_tokens, SamplingParams(temperature=0.0))
-        )
+        SpeculativeEngine(
+            small,
+            large,
+            config,
+            executor=POOL if concurrent else None,
+            concurrent_drafts=concurrent,
+        ).generate(Request(prompt, prompt, max_tokens, SamplingParams(temperature=0.0)))
     )
     finish = events[-1]
     assert isinstance(finish, FinishEvent)

@@ -6,7 +6,6 @@ told to stream given text, answer 500, hang, cut the connection mid-stream or se
 
 from __future__ import annotations
 
-import inspect
 import json
 import socket
 import threading
@@ -442,10 +441,6 @@ def test_engine_large_mode_raises_typed_error(
         list(engine.generate(Request(ids, ids, 10, GREEDY, mode="large")))
 
 
-_HAS_EXECUTOR = "executor" in inspect.signature(SpeculativeEngine).parameters
-
-
-@pytest.mark.skipif(not _HAS_EXECUTOR, reason="the engine has no concurrent drafts yet")
 def test_concurrent_drafts_same_output_and_time_saved(
     server: FakeServer, make: Callable[..., RemoteBackend]
 ) -> None:
@@ -463,7 +458,7 @@ def test_concurrent_drafts_same_output_and_time_saved(
     with ThreadPoolExecutor(2) as pool:
         for executor in (None, pool):
             small = ScriptedBackend(script, name="small", on_token=lambda: time.sleep(0.01))
-            engine = SpeculativeEngine(small, large, config, executor=executor)  # type: ignore[call-arg]
+            engine = SpeculativeEngine(small, large, config, executor=executor)
             request = Request(small.encode("Q: go"), large.encode("Q: go"), 200, GREEDY)
             events = list(engine.generate(request))
             fin = events[-1]
