@@ -9,7 +9,9 @@ text they refer to. ``_stream`` runs it in the caller's thread, ``_astream`` in 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -140,6 +142,19 @@ class _Emitter:
         return first
 
 
+_DRAFT_POOL: ThreadPoolExecutor | None = None
+_DRAFT_POOL_LOCK = threading.Lock()
+
+
+def draft_executor() -> ThreadPoolExecutor:
+    """The process-wide pool that runs remote large-model steps during small drafts."""
+    global _DRAFT_POOL
+    with _DRAFT_POOL_LOCK:
+        if _DRAFT_POOL is None:
+            _DRAFT_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spthink-draft")
+        return _DRAFT_POOL
+
+
 def reply_items(
     call: CallSettings,
     messages: list[BaseMessage],
@@ -185,7 +200,11 @@ def reply_items(
         # the small model alone re-encodes text, as both did before the engine took small=None.
         handoff = "auto" if "small" in backends else "ids"
     engine = SpeculativeEngine(
-        backends.get("small"), backends.get("large"), call.config, handoff=handoff
+        backends.get("small"),
+        backends.get("large"),
+        call.config,
+        handoff=handoff,
+        executor=draft_executor(),  # used only for remote large models (concurrent drafts)
     )
     request = Request(
         small_prompt=prompts.get("small", ()),
