@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, NoReturn
 
+from langchain_spthink._argtypes import key_value, positive_int
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import PRESETS, SpeculativeThinkingConfig, preset
 from langchain_spthink.engine import Request, SpeculativeEngine
@@ -105,29 +106,6 @@ class _UsageError(Exception):
         self.parser = parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    if isinstance(value, list):
-        value = tuple(value)
-    return key.strip(), value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``spthink``: run, config, models, eval, report, serve."""
     small_default, large_default = _default_models()
@@ -172,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, help="top-k cut (0 disables)")
     run.add_argument("--seed", type=int, help="random seed of the request")
     run.add_argument(
-        "--max-tokens", type=_positive_int, default=512, help="output token budget (default 512)"
+        "--max-tokens", type=positive_int, default=512, help="output token budget (default 512)"
     )
-    run.add_argument("--draft-tokens", type=_positive_int, help="look-ahead / step length")
+    run.add_argument("--draft-tokens", type=positive_int, help="look-ahead / step length")
     run.add_argument(
         "--set",
         dest="overrides",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -205,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--set",
         dest="overrides",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from langchain_spthink._argtypes import key_value, positive_int
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import PRESETS
 from langchain_spthink.errors import ConfigError, ModelLoadError, SpThinkError
@@ -47,27 +48,6 @@ class CliContext(Protocol):
     def note(self, message: str) -> None:
         """A progress line on stderr."""
         ...
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), tuple(value) if isinstance(value, list) else value
 
 
 def _defaults() -> tuple[str, str]:
@@ -109,12 +89,12 @@ def add_eval_parsers(subparsers: Any) -> None:
         default="instruct",
         help="paper configuration: instruct (default, for an instruct small model) or reasoning",
     )
-    ev.add_argument("--limit", type=_positive_int, help="first N problems only")
+    ev.add_argument("--limit", type=positive_int, help="first N problems only")
     ev.add_argument(
-        "--samples", type=_positive_int, default=1, help="answers per problem (pass@1 averaged)"
+        "--samples", type=positive_int, default=1, help="answers per problem (pass@1 averaged)"
     )
     ev.add_argument(
-        "--max-tokens", type=_positive_int, default=1024, help="output budget per answer (1024)"
+        "--max-tokens", type=positive_int, default=1024, help="output budget per answer (1024)"
     )
     ev.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     ev.add_argument("--temperature", type=float, help="sampling temperature (paper: 0.6)")
@@ -124,7 +104,7 @@ def add_eval_parsers(subparsers: Any) -> None:
     ev.add_argument(
         "--set",
         dest="overrides",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
