@@ -14,12 +14,14 @@ with whatever cache the runtime keeps for it. Invariants every session keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from langchain_spthink.sampling import SamplingParams
 
-__all__ = ["Backend", "Session"]
+__all__ = ["Backend", "Session", "vocab_fingerprint"]
 
 
 @runtime_checkable
@@ -99,3 +101,18 @@ class Backend(Protocol):
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Session:
         """Open a request's session whose sequence starts as ``prompt_ids``."""
         ...
+
+
+def vocab_fingerprint(pieces: Iterable[object]) -> str:
+    """The tokenizer fingerprint every backend reports: sha256 of its id -> token-string table.
+
+    One definition for all runtimes, so the same vocabulary loaded by transformers, llama.cpp or a
+    remote backend's local tokenizer compares equal and the engine hands off ids.
+
+    Args:
+        pieces: Token strings in id order.
+
+    Returns:
+        A hex digest.
+    """
+    return hashlib.sha256(json.dumps([str(p) for p in pieces]).encode()).hexdigest()

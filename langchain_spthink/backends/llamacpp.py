@@ -17,8 +17,6 @@ Built against ``llama-cpp-python==0.3.36`` (uses ``Llama._ctx``, a private attri
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
 from langchain_spthink.handoff import common_prefix_length
 from langchain_spthink.sampling import SamplingParams, request_generator, sample_token
@@ -168,8 +167,10 @@ class LlamaCppBackend:
         Equal to a transformers tokenizer's of the same vocabulary (e.g. the same GGUF).
         """
         if self._fingerprint is None:
-            pieces = [self._tok._model.token_get_text(i) for i in range(self._n_vocab)]
-            self._fingerprint = hashlib.sha256(json.dumps(pieces).encode()).hexdigest()
+            model = self._tok._model
+            self._fingerprint = vocab_fingerprint(
+                model.token_get_text(i) for i in range(self._n_vocab)
+            )
         return self._fingerprint
 
     def encode(self, text: str) -> list[int]:

@@ -21,14 +21,13 @@ served model (loaded alone, never the weights). Invariants of :class:`RemoteSess
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
 from langchain_spthink.sampling import SamplingParams
 
@@ -127,9 +126,8 @@ class _Tokenizer:
         assert self.hf is not None
         with self._lock:
             if self._fingerprint is None:
-                pieces = self.hf.convert_ids_to_tokens(list(range(len(self.hf))))
-                blob = json.dumps([str(p) for p in pieces]).encode()
-                self._fingerprint = hashlib.sha256(blob).hexdigest()
+                ids = list(range(len(self.hf)))
+                self._fingerprint = vocab_fingerprint(self.hf.convert_ids_to_tokens(ids))
             return self._fingerprint
 
 

@@ -11,8 +11,6 @@ Invariants of :class:`TransformersSession` (see :mod:`langchain_spthink.backends
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache
 
+from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.errors import BackendError, InvalidRequestError
 from langchain_spthink.sampling import SamplingParams, request_generator, sample_token
 
@@ -115,9 +114,8 @@ class TransformersBackend:
         """
         with self._fingerprint_lock:
             if self._fingerprint is None:
-                pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-                blob = json.dumps([str(p) for p in pieces]).encode()
-                self._fingerprint = hashlib.sha256(blob).hexdigest()
+                ids = list(range(len(self.tokenizer)))
+                self._fingerprint = vocab_fingerprint(self.tokenizer.convert_ids_to_tokens(ids))
             return self._fingerprint
 
     def encode(self, text: str) -> list[int]:
