@@ -58,6 +58,30 @@ class SpeculativeThinkingConfig(BaseModel):
     fallback: Literal["small", "raise"] = Field(
         "small", description="On a large-model failure: continue with the small model, or raise."
     )
+    policy: Literal["keyword", "judge"] = Field(
+        "keyword",
+        description="Delegation policy: the paper's cue words, or the large model judging drafts.",
+    )
+    judge_threshold: float = Field(
+        7.0, ge=0.0, le=9.0, description="Judge policy: delegate when the 0-9 score is below."
+    )
+    max_large_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Cap on tokens the large model generates per request; then small mode.",
+    )
+    max_reasoning_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Thinking budget: output tokens before the answer; then the answer is forced.",
+    )
+    reasoning_close: str | None = Field(
+        None,
+        description=(
+            "Text inserted when the thinking budget runs out (default: the answer marker, "
+            "e.g. '</think>', on its own line, or 'Final answer:' without one)."
+        ),
+    )
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -2,26 +2,38 @@
 
 The engine speaks token ids; backends own tokenizers and caches. One request is one
 :class:`_Run`: a shared output (text, plus ids when both models share a tokenizer), one session per
-model, and the counters of the algorithm. Nothing here knows about LangChain or threads.
+model, and the counters of the algorithm (state and primitives in :mod:`._run_base`). Nothing
+here knows about LangChain or threads.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Executor, Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from langchain_spthink.backends.base import Backend, Session
+import torch
+
+from langchain_spthink._run_base import (
+    Role,
+    RunBase,
+    _CloseReasoning,
+    _Finished,
+    _LargeBudget,
+    _LargeFault,
+    _PendingStep,
+    _Step,
+    _Track,
+)
+from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import SpeculativeThinkingConfig
-from langchain_spthink.cues import classify, contains_any
-from langchain_spthink.detok import IncrementalDetokenizer
+from langchain_spthink.constraints import ConstraintFactory
+from langchain_spthink.cues import contains_any
 from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
 from langchain_spthink.events import (
-    Author,
+    BudgetEvent,
     DelegationEvent,
     DelegationKind,
     Event,
@@ -30,14 +42,12 @@ from langchain_spthink.events import (
     ModelUsage,
     StopReason,
 )
-from langchain_spthink.handoff import resync
-from langchain_spthink.output import SharedOutput
+from langchain_spthink.policies import BoundaryState, Decision, DelegationPolicy
 from langchain_spthink.sampling import SamplingParams
 
-__all__ = ["Mode", "Request", "SpeculativeEngine"]
+__all__ = ["Mode", "Request", "Role", "SpeculativeEngine"]
 
 Mode = Literal["speculative", "small", "large"]
-Role = Literal["small", "large"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,12 @@ class Request:
         sampling: Sampling of both models (the large model's seed is ``seed + 1``).
         stop: Stop strings; the output ends before the first one.
         mode: ``speculative``, or one model alone (``small`` / ``large``).
+        constraint: Builds the constraint the answer is decoded under (for the model that
+            writes it); ``None``: unconstrained.
+        answer_marker: Text after which the answer starts (e.g. ``"</think>"``); ``None``: the
+            whole output is the answer. The reasoning before it runs speculatively; with a
+            constraint, one model (small, or large in large mode) writes the answer under it.
+        policy: The delegation policy of this request (``None``: the engine's).
     """
 
     small_prompt: Sequence[int]
@@ -59,51 +75,9 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     mode: Mode = "speculative"
-
-
-class _Finished(Exception):
-    def __init__(self, reason: StopReason) -> None:
-        self.reason = reason
-
-
-class _LargeFault(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        self.cause = cause
-
-
-@dataclass
-class _Track:
-    role: Role
-    backend: Backend
-    session: Session
-    prompt_len: int
-    usage: ModelUsage
-    sampling: SamplingParams
-    synced: int = 0  # version of the shared output the session's ids reflect
-    forked_forwarded: int = 0  # positions forwarded by throw-away sessions (concurrent steps)
-
-
-@dataclass
-class _PendingStep:
-    """A large-model step running in the executor on a throw-away session."""
-
-    future: Future[tuple[list[int], int, float]]
-    stop: threading.Event
-    started: float
-
-    def discard(self) -> None:
-        self.stop.set()  # the worker closes its stream at the next token
-
-
-@dataclass
-class _Step:
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    ends: list[int] = field(default_factory=list)  # len(text) after each id
-    start: int = 0  # session length before the step
-    eos: bool = False
-    trigger: bool = False
-    seconds: float = 0.0
+    constraint: ConstraintFactory | None = None
+    answer_marker: str | None = None
+    policy: DelegationPolicy | None = None
 
 
 class SpeculativeEngine:
@@ -120,6 +94,7 @@ class SpeculativeEngine:
             (concurrent drafts); ``None`` runs them one after the other.
         concurrent_drafts: Use ``executor`` for large steps; default: when the large backend
             is remote (``is_remote``), whose steps are network-bound and open cheap sessions.
+        policy: The delegation policy (default: the one ``config.policy`` names).
     """
 
     def __init__(
@@ -132,12 +107,14 @@ class SpeculativeEngine:
         clock: Callable[[], float] = time.monotonic,
         executor: Executor | None = None,
         concurrent_drafts: bool | None = None,
+        policy: DelegationPolicy | None = None,
     ) -> None:
         self.small = small
         self.large = large
         self.config = config or SpeculativeThinkingConfig()
         self.clock = clock
         self.executor = executor
+        self.policy = policy
         if concurrent_drafts is None:
             concurrent_drafts = bool(getattr(large, "is_remote", False))
         self.concurrent_drafts = concurrent_drafts and executor is not None
@@ -160,6 +137,8 @@ class SpeculativeEngine:
             raise InvalidRequestError(f"max_tokens must be positive, got {request.max_tokens}")
         if any(not s for s in request.stop):
             raise InvalidRequestError("stop strings must not be empty")
+        if request.answer_marker == "":
+            raise InvalidRequestError("answer_marker must not be empty (use None)")
         if request.mode != "small" and self.large is None:
             raise InvalidRequestError(f"mode {request.mode!r} needs a large model")
         if request.mode != "large" and self.small is None:
@@ -171,59 +150,9 @@ class SpeculativeEngine:
             run.close()
 
 
-class _Run:
-    """The state of one request; its methods are the steps of ALGORITHM.md."""
+class _Run(RunBase):
+    """The steps of ALGORITHM.md over one request's state."""
 
-    def __init__(self, engine: SpeculativeEngine, request: Request) -> None:
-        self.engine = engine
-        self.cfg = engine.config
-        self.saved = 0.0
-        self.concurrent_steps = 0
-        self.discarded_steps = 0
-        self.clock = engine.clock
-        self.request = request
-        self.mode: Mode = request.mode
-        self.started = self.clock()
-        self.deadline = self.started + self.cfg.time_out if self.cfg.time_out else None
-        self.out = SharedOutput(request.stop, share_ids=engine.share_ids)
-        self.kept_tokens = 0
-        self.delegations = 0
-        self.negatives = 0
-        self.recap_budget = self.cfg.recap_tokens
-        self.recap_after = self.cfg.recap_after_negatives
-        self.max_trigger = max(len(t) for t in self.cfg.triggers)
-        self.tracks: dict[Role, _Track] = {}
-        seed = request.sampling.seed
-        try:
-            if request.mode != "large" and engine.small is not None:
-                self.tracks["small"] = self._open("small", engine.small, request.small_prompt, seed)
-            if request.mode != "small" and engine.large is not None:
-                large_seed = None if seed is None else seed + 1
-                self.tracks["large"] = self._open(
-                    "large", engine.large, request.large_prompt, large_seed
-                )
-        except BaseException:
-            self.close()
-            raise
-
-    def _open(
-        self, role: Role, backend: Backend, prompt: Sequence[int], seed: int | None
-    ) -> _Track:
-        sampling = SamplingParams(
-            self.request.sampling.temperature,
-            self.request.sampling.top_p,
-            self.request.sampling.top_k,
-            seed,
-        )
-        session = backend.new_session(prompt, sampling)
-        usage = ModelUsage(prompt_tokens=len(prompt))
-        return _Track(role, backend, session, len(prompt), usage, sampling)
-
-    def close(self) -> None:
-        for track in self.tracks.values():
-            track.session.close()
-
-    # ----------------------------------------------------------------- the loop
     def events(self) -> Iterator[Event]:
         reason: StopReason
         try:
@@ -239,11 +168,10 @@ class _Run:
         yield from self.out.drain(final=True)
         for track in self.tracks.values():
             track.usage.forwarded_tokens = track.session.forwarded + track.forked_forwarded
-        empty = ModelUsage()
         yield FinishEvent(
             stop_reason=reason,
             text=self.out.text,
-            small=self.tracks["small"].usage if "small" in self.tracks else empty,
+            small=self.tracks["small"].usage if "small" in self.tracks else ModelUsage(),
             large=self.tracks["large"].usage if "large" in self.tracks else ModelUsage(),
             delegations=self.delegations,
             seconds=self.clock() - self.started,
@@ -257,21 +185,28 @@ class _Run:
                 if self.engine.concurrent_drafts
                 else {}
             ),
+            budgets=self.budgets(),
         )
 
     def _solo(self, track: _Track) -> Iterator[Event]:
-        while True:
-            yield from self._write(track, self.request.max_tokens, live=True)
+        try:
+            while not self.answer_switch:
+                yield from self._write(track, self.request.max_tokens, live=True)
+        except _CloseReasoning:
+            yield from self._close_reasoning()
+        yield from self._answer()
 
     def _speculative(self) -> Iterator[Event]:
         cfg = self.cfg
         try:
-            if cfg.begin:
-                yield from self._large_live("begin", cfg.begin_tokens)
+            if cfg.begin and not self.answer_switch:
+                yield from self._large_live("begin", cfg.begin_tokens, "begin")
             at_boundary, carry = False, ""
-            while True:
+            while not self.answer_switch:
                 if not at_boundary:
                     yield from self._write(self.tracks["small"], 1 << 30, live=True, carry=carry)
+                if self.answer_switch:
+                    break
                 at_boundary, carry = yield from self._boundary()
         except _LargeFault as fault:
             if cfg.fallback == "raise" or "small" not in self.tracks:
@@ -284,15 +219,21 @@ class _Run:
                 new_mode="small",
                 position=len(self.out.text),
             )
-            yield from self._solo(self.tracks["small"])
+        except _LargeBudget:
+            yield from self._large_spent()
+        except _CloseReasoning:
+            yield from self._close_reasoning()
+        yield from self._solo(self.tracks["small"])
 
     def _boundary(self) -> Generator[Event, None, tuple[bool, str]]:
         """Step 3 at a trigger. Returns (boundary again right away, carried-over small text)."""
         cfg, small = self.cfg, self.tracks["small"]
         self._check_budget(small)
+        self._check_large_budget()
         if self.negatives >= self.recap_after:
             yield from self._insert(cfg.recap_prompt)
-            yield from self._large_live("recap", self.recap_budget)
+            reason = f"{self.negatives} negative steps >= {self.recap_after}"
+            yield from self._large_live("recap", self.recap_budget, reason)
             self.negatives = 0
             self.recap_budget = min(self.recap_budget + cfg.recap_tokens_step, cfg.recap_tokens_max)
             self.recap_after = min(self.recap_after + cfg.recap_after_step, cfg.recap_after_max)
@@ -301,25 +242,27 @@ class _Run:
             yield from self._insert(cfg.think_word)
         position = len(self.out.text)
         draft: _Step | None = None
-        s: int | None = None
+        decision = Decision(True, "not_reasoning: every step")
         # With not_reasoning + choose_large the small draft cannot change the outcome: skip it.
         pending: _PendingStep | None = None
         if not (cfg.not_reasoning and cfg.choose_large):
             pending = self._start_large(cfg.draft_tokens)
             try:
                 draft = yield from self._write(small, cfg.draft_tokens, live=False)
+                if not cfg.not_reasoning:
+                    decision = self._decide(draft)
             except BaseException:
                 if pending is not None:
                     pending.discard()
                 raise
-            s = self._classify(draft.text)
-            if s == 0 and not cfg.not_reasoning:
+            if not decision.delegate:
                 if pending is not None:
                     pending.discard()
                     self.discarded_steps += 1
                 return (yield from self._keep_neutral(draft))
+        s = self._classify(draft.text) if draft is not None else None
         if pending is not None:
-            large = self._finish_large(pending, cfg.draft_tokens)
+            large = self._finish_large(pending)
             assert draft is not None
             self.saved += max(0.0, draft.seconds + large.seconds - (self.clock() - pending.started))
         else:
@@ -344,9 +287,11 @@ class _Run:
             small_tokens=len(draft.ids) if draft else 0,
             large_tokens=len(large.ids),
             seconds=large.seconds,
+            reason=decision.reason,
+            score=decision.score,
         )
         try:
-            yield from self._commit(self.tracks[kept_role], kept_step)
+            kept_step = yield from self._commit(self.tracks[kept_role], kept_step)
         except _Finished:
             yield delegation
             raise
@@ -355,10 +300,12 @@ class _Run:
             raise _Finished("eos")
         if self._classify(kept_step.text) < 0:
             self.negatives += 1
+        if self.answer_switch:
+            return False, ""
         if cfg.verify_tokens and contains_any(
             kept_step.text, cfg.verify_words, word_boundary=cfg.word_boundary
         ):
-            yield from self._large_live("verify", cfg.verify_tokens)
+            yield from self._large_live("verify", cfg.verify_tokens, "verify word in the step")
         return False, ""
 
     def _keep_neutral(self, draft: _Step) -> Generator[Event, None, tuple[bool, str]]:
@@ -368,15 +315,13 @@ class _Run:
         if cut is not None:
             n = next(i for i, end in enumerate(draft.ends) if end >= cut) + 1
             small.session.truncate(draft.start + n)
-            draft = _Step(
-                draft.ids[:n], draft.text[: draft.ends[n - 1]], draft.ends[:n], draft.start
-            )
-        yield from self._commit(small, draft)
+            draft = draft.cut(n)
+        draft = yield from self._commit(small, draft)
         if draft.eos:
             raise _Finished("eos")
         return (True, "") if cut is not None else (False, draft.text)
 
-    def _large_live(self, kind: DelegationKind, budget: int) -> Iterator[Event]:
+    def _large_live(self, kind: DelegationKind, budget: int, reason: str) -> Iterator[Event]:
         large = self.tracks["large"]
         self._check_budget(large)
         position, kept_before, started = len(self.out.text), large.usage.kept_tokens, self.clock()
@@ -395,226 +340,114 @@ class _Run:
                 small_tokens=0,
                 large_tokens=large.usage.kept_tokens - kept_before,
                 seconds=self.clock() - started,
+                reason=reason,
             )
 
         try:
             yield from self._write(large, budget, live=True, stop_at_trigger=False)
-        except (_Finished, _LargeFault) as exc:
+        except (_Finished, _LargeFault, _LargeBudget, _CloseReasoning) as exc:
             if isinstance(exc, _Finished) or large.usage.kept_tokens > kept_before:
                 yield event()
             raise
         yield event()
 
-    # ------------------------------------------------------------ concurrent drafts
-    def _start_large(self, max_new: int) -> _PendingStep | None:
-        """Start the large model's step of this boundary in the executor (or return None).
-
-        The step runs on a throw-away session opened from a snapshot of the large model's ids
-        (synced to the output now: the small draft does not change the output), so the real
-        session is untouched until the step is kept.
-        """
-        engine = self.engine
-        if not engine.concurrent_drafts or engine.executor is None or self.mode != "speculative":
-            return None
-        track = self.tracks["large"]
-        self._check_budget(track)
-        self._sync(track)
-        track.synced = -1  # a draft is not in the output until committed
-        snapshot = list(track.session.ids)
-        room = track.backend.context_length - len(snapshot)
-        budget = min(max_new, self.request.max_tokens - self.kept_tokens, room)
-        stop, eos, clock = threading.Event(), track.backend.eos_ids, self.clock
-
-        def work() -> tuple[list[int], int, float]:
-            started = clock()
-            fork = track.backend.new_session(snapshot, track.sampling)
-            ids: list[int] = []
-            stream = fork.stream(budget)
-            try:
-                for token in stream:
-                    if stop.is_set():
-                        break
-                    ids.append(token)
-                    if token in eos:
-                        break
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()  # a remote backend closes its HTTP stream here
-                fork.close()
-            return ids, fork.forwarded, clock() - started
-
-        self.concurrent_steps += 1
-        return _PendingStep(engine.executor.submit(work), stop, self.clock())
-
-    def _finish_large(self, pending: _PendingStep, max_new: int) -> _Step:
-        """Wait for a started large step and replay it into the real session as a draft."""
-        cfg, track = self.cfg, self.tracks["large"]
-        limits = []
-        if cfg.large_step_timeout:
-            limits.append(pending.started + cfg.large_step_timeout)
-        if self.deadline is not None:
-            limits.append(self.deadline)
-        wait = max(0.0, min(limits) - self.clock()) if limits else None
+    # ------------------------------------------------------------ policies, budgets, answer
+    def _decide(self, draft: _Step) -> Decision:
+        """Ask the policy about a small draft (the judge runs on the large model's cache)."""
+        large = self.tracks.get("large")
+        state = BoundaryState(
+            draft=draft.text,
+            output=self.out.text,
+            delegations=self.delegations,
+            negatives=self.negatives,
+            tokens=self.kept_tokens,
+            large_tokens=large.usage.generated_tokens if large else 0,
+        )
+        if not self.policy.needs_judge:
+            return self.policy.decide(state, None)
         try:
-            ids, forwarded, seconds = pending.future.result(timeout=wait)
-        except FutureTimeout:
-            pending.discard()
-            if self.deadline is not None and self.clock() > self.deadline:
-                raise _Finished("timeout") from None
-            cause = TimeoutError(f"large-model step exceeded {cfg.large_step_timeout} s")
-            raise _LargeFault(cause) from None
+            return self.policy.decide(state, self._judge)
+        except (_Finished, _LargeFault, GeneratorExit):
+            raise
         except Exception as exc:
             raise _LargeFault(exc) from exc
-        session = track.session
-        step = _Step(start=len(session.ids), seconds=seconds)
-        detok = IncrementalDetokenizer(track.backend.decode, session.ids[-6:])
-        track.forked_forwarded += forwarded
-        track.usage.seconds += seconds
-        for token in ids:
-            session.extend([token])
-            track.usage.generated_tokens += 1
-            if token in track.backend.eos_ids:
-                step.eos = True
-                break
-            step.ids.append(token)
-            step.text += detok.push(token)
-            step.ends.append(len(step.text))
-        tail = detok.flush()
-        if tail:
-            step.text += tail
-            if step.ends:
-                step.ends[-1] = len(step.text)
-        return step
 
-    # ------------------------------------------------------------ primitives
-    def _classify(self, text: str) -> int:
-        cfg = self.cfg
-        return classify(
-            text,
-            positive=cfg.positive_words,
-            negative=cfg.negative_words,
-            verify=cfg.verify_words,
-            word_boundary=cfg.word_boundary,
-        )
+    def _judge(self, draft: str, prompt: str, choices: Sequence[str]) -> list[float]:
+        """Large-model probabilities of ``choices`` as next token after output + draft + prompt.
 
-    def _trigger_end(self, text: str, start: int = 0) -> int | None:
-        ends = [text.find(t, start) for t in self.cfg.triggers]
-        found = [e + len(t) for e, t in zip(ends, self.cfg.triggers, strict=True) if e >= 0]
-        return min(found) if found else None
-
-    def _sync(self, track: _Track) -> None:
-        if track.synced == self.out.version:
-            return
-        target = self.out.ids if self.out.ids is not None else track.backend.encode(self.out.text)
-        resync(track.session, track.prompt_len, target)
-        track.synced = self.out.version
-
-    def _append(self, author: Author, text: str, ids: Sequence[int]) -> Iterator[Event]:
-        stopped = self.out.append(author, text, ids)
-        yield from self.out.drain(final=False)
-        if stopped:
-            raise _Finished("stop")
-
-    def _insert(self, text: str) -> Iterator[Event]:
-        ids = self.tracks["small"].backend.encode(text) if self.out.ids is not None else []
-        yield from self._append("inserted", text, ids)
-
-    def _commit(self, track: _Track, step: _Step) -> Iterator[Event]:
-        track.usage.kept_tokens += len(step.ids)
-        self.kept_tokens += len(step.ids)
-        yield from self._append(track.role, step.text, step.ids)
-        track.synced = self.out.version
-
-    def _write(
-        self,
-        track: _Track,
-        max_new: int,
-        *,
-        live: bool,
-        stop_at_trigger: bool | None = None,
-        carry: str = "",
-    ) -> Generator[Event, None, _Step]:
-        """Let one model write up to ``max_new`` tokens.
-
-        ``live`` steps go into the output token by token (and stop on a trigger when
-        ``stop_at_trigger``, default: live small writes in speculative mode); other steps are
-        drafts returned uncommitted. ``carry`` is text of the current round already in the output.
-        Raises ``_Finished`` for a live step that ends the request, ``_LargeFault`` for failures
-        of the large model.
+        Forwards only the draft and the prompt on the large model's synced cache, then crops it
+        back. Without next-token logits (remote models) the greedy token decides: one-hot on a
+        choice, uniform when it is none of them.
         """
-        if stop_at_trigger is None:
-            stop_at_trigger = live and self.mode == "speculative" and track.role == "small"
-        self._check_budget(track)
+        track = self.tracks["large"]
         self._sync(track)
-        if not live:
-            track.synced = -1  # a draft is not in the output until committed
-        session = track.session
-        room = track.backend.context_length - len(session.ids)
-        budget = min(max_new, self.request.max_tokens - self.kept_tokens, room)
-        step = _Step(start=len(session.ids))
-        detok = IncrementalDetokenizer(track.backend.decode, session.ids[-6:])
-        is_large = track.role == "large"
-        started = self.clock()
-        step_deadline = (
-            started + self.cfg.large_step_timeout
-            if is_large and self.cfg.large_step_timeout and self.mode == "speculative"
-            else None
-        )
-        round_text = carry
+        session, backend = track.session, track.backend
+        base = len(session.ids)
+        choice_ids = [backend.encode(c)[:1] for c in choices]
+        if any(not ids for ids in choice_ids):
+            raise ValueError(f"a judge choice encodes to no token: {choices!r}")
+        firsts = [ids[0] for ids in choice_ids]
+        session.extend(backend.encode(draft + prompt))
         try:
-            for token in session.stream(budget):
-                track.usage.generated_tokens += 1
-                if token in track.backend.eos_ids:
-                    step.eos = True
-                    break
-                step.ids.append(token)
-                delta = detok.push(token)
-                step.text += delta
-                step.ends.append(len(step.text))
-                if live:
-                    track.usage.kept_tokens += 1
-                    self.kept_tokens += 1
-                    yield from self._append(track.role, delta, [token])
-                    track.synced = self.out.version
-                if stop_at_trigger and delta:
-                    scan_from = max(0, len(round_text) - self.max_trigger + 1)
-                    round_text += delta
-                    if self._trigger_end(round_text, scan_from) is not None:
-                        step.trigger = True
-                        break
-                now = self.clock()
-                if step_deadline is not None and now > step_deadline:
-                    raise TimeoutError(f"large-model step exceeded {self.cfg.large_step_timeout} s")
-                if self.deadline is not None and now > self.deadline:
-                    raise _Finished("timeout")
-            tail = detok.flush()
-        except (_Finished, GeneratorExit):
-            raise
-        except Exception as exc:
-            if is_large:
-                raise _LargeFault(exc) from exc
-            raise
+            next_logits = getattr(session, "next_logits", None)
+            if callable(next_logits):
+                logits: torch.Tensor = next_logits()
+                probs = logits[torch.tensor(firsts)].float().softmax(dim=-1)
+                return [float(p) for p in probs]
+            stream = session.stream(1)
+            token = next(iter(stream), None)
+            getattr(stream, "close", lambda: None)()
+            if token in firsts:
+                return [1.0 if f == token else 0.0 for f in firsts]
+            return [1.0 / len(firsts)] * len(firsts)
         finally:
-            step.seconds = self.clock() - started
-            track.usage.seconds += step.seconds
-        if tail:
-            step.text += tail
-            if step.ends:
-                step.ends[-1] = len(step.text)
-            if live:
-                yield from self._append(track.role, tail, [])
-                track.synced = self.out.version
-        if live and step.eos:
-            raise _Finished("eos")
-        if live and not step.trigger:
-            self._check_budget(track)
-        return step
+            session.truncate(base)
+            track.synced = self.out.version
 
-    def _check_budget(self, track: _Track) -> None:
-        if self.deadline is not None and self.clock() > self.deadline:
-            raise _Finished("timeout")
-        if self.kept_tokens >= self.request.max_tokens:
-            raise _Finished("length")
-        if len(track.session.ids) >= track.backend.context_length:
-            raise _Finished("context")
+    def _large_spent(self) -> Iterator[Event]:
+        """``max_large_tokens`` is spent: say so once and go on in small mode."""
+        limit = self.cfg.max_large_tokens
+        assert limit is not None
+        self.large_exhausted = True
+        self.mode = "small"
+        yield BudgetEvent(
+            budget="max_large_tokens",
+            limit=limit,
+            spent=self.tracks["large"].usage.generated_tokens,
+            position=len(self.out.text),
+        )
+
+    def _close_reasoning(self) -> Iterator[Event]:
+        """The thinking budget is spent: close the reasoning; the answer follows."""
+        cfg, marker = self.cfg, self.request.answer_marker
+        assert cfg.max_reasoning_tokens is not None
+        self.reasoning_exhausted = True
+        self._end_reasoning()
+        self.answer_switch = True
+        yield BudgetEvent(
+            budget="max_reasoning_tokens",
+            limit=cfg.max_reasoning_tokens,
+            spent=self.kept_tokens,
+            position=len(self.out.text),
+        )
+        close = cfg.reasoning_close
+        if close is None:
+            close = f"\n{marker}\n\n" if marker else "\n\nFinal answer: "
+        yield from self._insert(close)
+
+    def _answer(self) -> Iterator[Event]:
+        """One model writes the rest (the answer), under the request's constraint if any."""
+        self.answering = True
+        if self.in_reasoning:
+            self._end_reasoning()  # the whole output is the answer
+        track = self.tracks["large"] if self.mode == "large" else self.tracks["small"]
+        factory = self.request.constraint
+        constraint = factory(track.backend) if factory is not None else None
+        while True:
+            yield from self._write(
+                track,
+                self.request.max_tokens,
+                live=True,
+                stop_at_trigger=False,
+                constraint=constraint,
+            )

@@ -12,6 +12,7 @@ __all__ = [
     "TextEvent",
     "DelegationEvent",
     "FallbackEvent",
+    "BudgetEvent",
     "ModelUsage",
     "FinishEvent",
     "Event",
@@ -53,6 +54,8 @@ class DelegationEvent:
         small_tokens: Tokens in the small draft.
         large_tokens: Tokens the large model generated for this step.
         seconds: Wall time the large model spent on this step.
+        reason: Why the step was delegated (the policy's reason, or the kind's rule).
+        score: The judge policy's score of the small draft (``None`` for other policies).
     """
 
     kind: DelegationKind
@@ -65,6 +68,8 @@ class DelegationEvent:
     small_tokens: int
     large_tokens: int
     seconds: float
+    reason: str = ""
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,24 @@ class FallbackEvent:
     reason: str
     error_type: str
     new_mode: Literal["small"]
+    position: int
+
+
+@dataclass(frozen=True)
+class BudgetEvent:
+    """A per-request budget ran out (emitted once per budget).
+
+    Attributes:
+        budget: ``max_large_tokens`` (the request goes on in small mode) or
+            ``max_reasoning_tokens`` (the reasoning is closed and the answer follows).
+        limit: The configured limit.
+        spent: Tokens counted against it when it ran out.
+        position: Character offset in the output where it happened.
+    """
+
+    budget: Literal["max_large_tokens", "max_reasoning_tokens"]
+    limit: int
+    spent: int
     position: int
 
 
@@ -117,6 +140,9 @@ class FinishEvent:
         seconds: Wall time of the whole request.
         mode: The mode the request ended in.
         extra: Backend- or policy-specific numbers (e.g. time saved by concurrent drafts).
+        budgets: For each configured budget, its limit, what was spent and whether it ran out
+            (keys ``max_large_tokens``, ``large_tokens``, ``large_exhausted``,
+            ``max_reasoning_tokens``, ``reasoning_tokens``, ``reasoning_exhausted``).
     """
 
     stop_reason: StopReason
@@ -127,6 +153,7 @@ class FinishEvent:
     seconds: float
     mode: str
     extra: dict[str, float] = field(default_factory=dict)
+    budgets: dict[str, int | bool] = field(default_factory=dict)
 
     @property
     def output_tokens(self) -> int:
@@ -140,4 +167,4 @@ class FinishEvent:
         return self.large.kept_tokens / total if total else 0.0
 
 
-Event = TextEvent | DelegationEvent | FallbackEvent | FinishEvent
+Event = TextEvent | DelegationEvent | FallbackEvent | BudgetEvent | FinishEvent
