@@ -1,0 +1,139 @@
+"""The calculator: a safe arithmetic evaluator (ast walk, never eval) and its LangChain tool."""
+
+from __future__ import annotations
+
+import ast
+import operator
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from integrations.math_tools import (
+    CalculatorError,
+    evaluate_arithmetic,
+    format_number,
+    make_calculator_tool,
+)
+from langchain_spthink.errors import SpThinkError
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("16 - 3 - 4", 9),
+        ("(16 - 3 - 4) * 2", 18),
+        ("12*24-250", 38),
+        ("(3/4) * 80", 60),
+        ("1/3*3", 1),  # exact: no 0.9999999
+        ("10/4", Fraction(5, 2)),
+        ("2^10", 1024),  # ^ read as a power
+        ("2**-1", Fraction(1, 2)),
+        ("-(-5) + +2", 7),
+        ("7 // 2", 3),
+        ("7 % 3", 1),
+        ("sqrt(144)", 12),
+        ("abs(-3) + max(1, 4) + min(2, 5)", 9),
+        ("round(2.567, 2)", Fraction(257, 100)),
+        ("floor(2.7) + ceil(2.1)", 5),
+        ("1,000 + 5", 1005),  # thousands separator
+        ("max(1,000, 2)", 1000),
+        ("3 × 4 ÷ 2", 6),
+        ("  16 - 3 - 4 = ", 9),
+        ("0.5 * 4", 2.0),
+    ],
+)
+def test_values(expression: str, expected: object) -> None:
+    assert evaluate_arithmetic(expression) == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("", "empty"),
+        ("__import__('os').system('true')", "functions are allowed"),
+        ("open('x')", "functions are allowed"),
+        ("x + 1", "name 'x'"),
+        ("(1).__class__", "Attribute"),
+        ("[1, 2]", "List"),
+        ("'a' * 3", "only numbers"),
+        ("True + 1", "only numbers"),
+        ("1 if 1 else 2", "IfExp"),
+        ("lambda: 1", "Lambda"),
+        ("1 < 2", "Compare"),
+        ("1/0", "division by zero"),
+        ("5 % 0", "division by zero"),
+        ("0 ** -1", "division by zero"),
+        ("9**9**9", "too large"),
+        ("10**200", "too large"),
+        ("sqrt(-1)", "negative"),
+        ("(-8) ** 0.5", "fractional power"),
+        ("1 +", "not an arithmetic expression"),
+        ("1" * 600, "longer than"),
+        ("sqrt(x=4)", "positional"),
+        ("round(2.5, 0.5)", "whole number"),
+        ("1e308 * 10", "finite"),
+    ],
+)
+def test_refused_with_a_reason(expression: str, message: str) -> None:
+    with pytest.raises(CalculatorError, match=message) as info:
+        evaluate_arithmetic(expression)
+    assert isinstance(info.value, SpThinkError) and isinstance(info.value, ValueError)
+
+
+_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+@st.composite
+def expressions(draw: st.DrawFn, depth: int = 3) -> tuple[str, int]:
+    """Random integer expressions with their value computed independently (by a fold)."""
+    if depth == 0 or draw(st.booleans()):
+        n = draw(st.integers(-50, 50))
+        return (f"({n})" if n < 0 else str(n)), n
+    op = draw(st.sampled_from(sorted(_OPS)))
+    left, lv = draw(expressions(depth - 1))
+    right, rv = draw(expressions(depth - 1))
+    return f"({left} {op} {right})", _OPS[op](lv, rv)
+
+
+@given(expressions())
+def test_random_integer_expressions(case: tuple[str, int]) -> None:
+    text, value = case
+    assert evaluate_arithmetic(text) == value
+
+
+@given(st.integers(-(10**6), 10**6), st.integers(1, 10**6))
+def test_division_is_exact(a: int, b: int) -> None:
+    result = evaluate_arithmetic(f"{a} / {b}")
+    assert result == Fraction(a, b)
+    assert isinstance(result, int) == (a % b == 0)
+
+
+def test_no_eval_anywhere() -> None:
+    import integrations.math_tools as module
+
+    tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+    calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    called = {f.id for f in calls if isinstance(f, ast.Name)}
+    assert not called & {"eval", "exec", "compile", "__import__"}
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(18, "18"), (Fraction(5, 2), "2.5"), (Fraction(1, 3), "1/3 (≈ 0.333333)"), (0.1 + 0.2, "0.3")],
+)
+def test_format_number(value: int | Fraction | float, text: str) -> None:
+    assert format_number(value) == text
+
+
+def test_tool_returns_results_and_errors() -> None:
+    tool = make_calculator_tool()
+    assert tool.name == "calculator"
+    assert set(tool.args) == {"expression"}
+    assert tool.invoke({"expression": "16 - 3 - 4"}) == "9"
+    # a bad expression is the tool's result (the agent sees it), not an exception
+    assert tool.invoke({"expression": "eggs * 2"}).startswith("error: name 'eggs'")
+    call = {"name": "calculator", "args": {"expression": "9*2"}, "id": "c1", "type": "tool_call"}
+    message = tool.invoke(call)
+    assert message.content == "18" and message.tool_call_id == "c1"
