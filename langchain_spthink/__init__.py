@@ -23,11 +23,19 @@ from langchain_spthink.errors import (
     SpThinkError,
 )
 from langchain_spthink.events import (
+    BudgetEvent,
     DelegationEvent,
     FallbackEvent,
     FinishEvent,
     ModelUsage,
     TextEvent,
+)
+from langchain_spthink.policies import (
+    BoundaryState,
+    Decision,
+    DelegationPolicy,
+    JudgePolicy,
+    KeywordPolicy,
 )
 from langchain_spthink.sampling import SamplingParams
 
@@ -39,6 +47,12 @@ __all__ = [
     "ChatSpeculativeThinking",
     "SpeculativeThinkingCallbackHandler",
     "BackendError",
+    "BoundaryState",
+    "BudgetEvent",
+    "Decision",
+    "DelegationPolicy",
+    "JudgePolicy",
+    "KeywordPolicy",
     "ConfigError",
     "DelegationEvent",
     "FallbackEvent",

@@ -201,7 +201,7 @@ class _Run(RunBase):
         try:
             if cfg.begin and not self.answer_switch:
                 yield from self._large_live("begin", cfg.begin_tokens, "begin")
-            at_boundary, carry = False, ""
+            at_boundary, carry = False, self._carry(0)
             while not self.answer_switch:
                 if not at_boundary:
                     yield from self._write(self.tracks["small"], 1 << 30, live=True, carry=carry)
@@ -230,6 +230,7 @@ class _Run(RunBase):
         cfg, small = self.cfg, self.tracks["small"]
         self._check_budget(small)
         self._check_large_budget()
+        start = len(self.out.text)
         if self.negatives >= self.recap_after:
             yield from self._insert(cfg.recap_prompt)
             reason = f"{self.negatives} negative steps >= {self.recap_after}"
@@ -237,7 +238,7 @@ class _Run(RunBase):
             self.negatives = 0
             self.recap_budget = min(self.recap_budget + cfg.recap_tokens_step, cfg.recap_tokens_max)
             self.recap_after = min(self.recap_after + cfg.recap_after_step, cfg.recap_after_max)
-            return False, ""
+            return False, self._carry(start)
         if cfg.think_word:
             yield from self._insert(cfg.think_word)
         position = len(self.out.text)
@@ -259,7 +260,7 @@ class _Run(RunBase):
                 if pending is not None:
                     pending.discard()
                     self.discarded_steps += 1
-                return (yield from self._keep_neutral(draft))
+                return (yield from self._keep_neutral(draft, start))
         s = self._classify(draft.text) if draft is not None else None
         if pending is not None:
             large = self._finish_large(pending)
@@ -306,20 +307,31 @@ class _Run(RunBase):
             kept_step.text, cfg.verify_words, word_boundary=cfg.word_boundary
         ):
             yield from self._large_live("verify", cfg.verify_tokens, "verify word in the step")
-        return False, ""
+        return False, self._carry(start)
 
-    def _keep_neutral(self, draft: _Step) -> Generator[Event, None, tuple[bool, str]]:
+    def _keep_neutral(self, draft: _Step, start: int) -> Generator[Event, None, tuple[bool, str]]:
         """Keep a neutral draft; a trigger inside it is the next boundary, as it would have been."""
         small = self.tracks["small"]
-        cut = self._trigger_end(draft.text)
+        region = self._carry(start)  # the think word, if any
+        cut = self._trigger_end(region + draft.text)
         if cut is not None:
-            n = next(i for i, end in enumerate(draft.ends) if end >= cut) + 1
+            n = next(i for i, end in enumerate(draft.ends) if end >= cut - len(region)) + 1
             small.session.truncate(draft.start + n)
             draft = draft.cut(n)
         draft = yield from self._commit(small, draft)
         if draft.eos:
             raise _Finished("eos")
-        return (True, "") if cut is not None else (False, draft.text)
+        return (True, "") if cut is not None else (False, self._carry(start))
+
+    def _carry(self, start: int) -> str:
+        """Output text of the current round: since ``start``, after the last trigger in it.
+
+        The small model's next write scans it with its own text, so a trigger split between a
+        kept step and the small model's first token is a boundary too.
+        """
+        text = self.out.text[start:]
+        ends = [text.rfind(t) + len(t) for t in self.cfg.triggers if t in text]
+        return text[max(ends) :] if ends else text
 
     def _large_live(self, kind: DelegationKind, budget: int, reason: str) -> Iterator[Event]:
         large = self.tracks["large"]

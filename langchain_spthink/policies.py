@@ -42,7 +42,7 @@ __all__ = [
 
 DIGITS = tuple(str(d) for d in range(10))
 JUDGE_PROMPT = (
-    "\n\n[Rate the last step above from 0 (wrong or useless) to 9 (correct and useful).] Score: "
+    "\n[Rate the last step above from 0 (wrong or useless) to 9 (correct and useful).] Score: "
 )
 
 

@@ -58,14 +58,28 @@ def reference_run(
     written = [0]  # generated tokens in the output
     result = Outcome()
 
-    def gen(model: NextToken, prompt: list[int], n: int, trigger: bool) -> tuple[list[int], bool]:
+    def round_start(since: int) -> int:
+        """Start of the current round: after the last trigger in the output text since ``since``.
+
+        A trigger that straddles what other writers kept and what the small model writes next
+        (a kept step ending in "\n", the small model's "\n") is a boundary like any other.
+        """
+        text = decode(out)
+        ends = [text.rfind(t, since) + len(t) for t in cfg.triggers if text.find(t, since) >= 0]
+        return max([since, *ends])
+
+    def gen(
+        model: NextToken, prompt: list[int], n: int, trigger_from: int | None
+    ) -> tuple[list[int], bool]:
+        """``n`` tokens; with ``trigger_from``, stop at a trigger in the output text after it."""
         ids: list[int] = []
+        start = None if trigger_from is None else round_start(trigger_from)
         for _ in range(max(0, min(n, max_tokens - written[0]))):
             token = model(prompt + out + ids)
             if token in eos:
                 return ids, True
             ids.append(token)
-            if trigger and any(t in decode(ids) for t in cfg.triggers):
+            if start is not None and any(t in decode(out + ids)[start:] for t in cfg.triggers):
                 break
         return ids, False
 
@@ -79,17 +93,19 @@ def reference_run(
 
     negatives, recap_budget, recap_after = 0, cfg.recap_tokens, cfg.recap_after_negatives
     try:
+        bpos = 0  # output characters before the current boundary
         if cfg.begin:
-            ids, e = gen(large, large_prompt, cfg.begin_tokens, False)
+            ids, e = gen(large, large_prompt, cfg.begin_tokens, None)
             result.decisions.append(("begin", "large", decode(ids)))
             keep(ids, e)
         while True:
-            ids, e = gen(small, small_prompt, max_tokens, True)  # small writes to a trigger
+            ids, e = gen(small, small_prompt, max_tokens, bpos)  # small writes to a trigger
             keep(ids, e)
             while True:  # at a boundary
+                bpos = len(decode(out))
                 if negatives >= recap_after:
                     out.extend(encode(cfg.recap_prompt))
-                    ids, e = gen(large, large_prompt, recap_budget, False)
+                    ids, e = gen(large, large_prompt, recap_budget, None)
                     result.decisions.append(("recap", "large", decode(ids)))
                     keep(ids, e)
                     negatives = 0
@@ -98,14 +114,14 @@ def reference_run(
                     break
                 if cfg.think_word:
                     out.extend(encode(cfg.think_word))
-                draft, draft_eos = gen(small, small_prompt, cfg.draft_tokens, False)
+                draft, draft_eos = gen(small, small_prompt, cfg.draft_tokens, None)
                 s = label(decode(draft), cfg)
                 if not cfg.not_reasoning and s == 0:
                     # Thrown away and regenerated token by token up to the next trigger.
-                    ids, e = gen(small, small_prompt, max_tokens, True)
+                    ids, e = gen(small, small_prompt, max_tokens, bpos)
                     keep(ids, e)
                     continue  # that trigger is a boundary again
-                lids, large_eos = gen(large, large_prompt, cfg.draft_tokens, False)
+                lids, large_eos = gen(large, large_prompt, cfg.draft_tokens, None)
                 big = label(decode(lids), cfg)
                 take_large = cfg.choose_large or (s < 0 <= big) or (s > 0 > big)
                 kept, kept_eos = (lids, large_eos) if take_large else (draft, draft_eos)
@@ -117,7 +133,7 @@ def reference_run(
                 if label(kept_text, cfg) < 0:
                     negatives += 1
                 if cfg.verify_tokens and _count(kept_text, cfg.verify_words):
-                    ids, e = gen(large, large_prompt, cfg.verify_tokens, False)
+                    ids, e = gen(large, large_prompt, cfg.verify_tokens, None)
                     result.decisions.append(("verify", "large", decode(ids)))
                     keep(ids, e)
                 break

@@ -382,3 +382,13 @@ def test_rejected_drafts_are_cropped_not_copied() -> None:
     # Forwarded = kept tokens by writer + rejected draft + catch-up of the large step, no more.
     ideal_small = prompt + fin.small.kept_tokens + 3 + 3  # + rejected draft + caught-up ids
     assert fin.small.forwarded_tokens <= ideal_small + 2
+
+
+def test_trigger_split_between_a_kept_step_and_the_small_model_is_a_boundary() -> None:
+    # The large step "Hmm p.\n" ends in "\n"; the small model's next "\n" completes "\n\n": a
+    # boundary, so the second "Wait" draft is delegated too (it used to slip through live).
+    small = ScriptedBackend(["A.\n\n", "Wait x.\n\n", "Wait y.\n\n", "End.\n\n"])
+    large = ScriptedBackend(["L.\n\n", "Hmm p.\n\n", "Hmm q.\n\n", "Fin.\n\n"])
+    text, events = run(small, large)
+    assert text == "A.\n\nHmm p.\n\nHmm q.\n\nEnd.\n\n"
+    assert [d.small_draft for d in delegations(events)] == ["Wait x.\n", "Wait y.\n"]
