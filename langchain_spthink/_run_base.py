@@ -104,6 +104,8 @@ class RunBase:
         self.deadline = self.started + cfg.time_out if cfg.time_out else None
         self.out = SharedOutput(request.stop, share_ids=engine.share_ids)
         self.saved = 0.0
+        self.boundaries = 0
+        self.boundary_seconds = 0.0  # wall time spent at boundaries (drafts, judge, large steps)
         self.concurrent_steps = 0
         self.discarded_steps = 0
         self.kept_tokens = 0

@@ -176,15 +176,19 @@ class _Run(RunBase):
             delegations=self.delegations,
             seconds=self.clock() - self.started,
             mode=self.mode,
-            extra=(
-                {
-                    "concurrent_seconds_saved": self.saved,
-                    "concurrent_steps": float(self.concurrent_steps),
-                    "concurrent_steps_discarded": float(self.discarded_steps),
-                }
-                if self.engine.concurrent_drafts
-                else {}
-            ),
+            extra={
+                "boundaries": float(self.boundaries),
+                "boundary_seconds": self.boundary_seconds,
+                **(
+                    {
+                        "concurrent_seconds_saved": self.saved,
+                        "concurrent_steps": float(self.concurrent_steps),
+                        "concurrent_steps_discarded": float(self.discarded_steps),
+                    }
+                    if self.engine.concurrent_drafts
+                    else {}
+                ),
+            },
             budgets=self.budgets(),
         )
 
@@ -226,6 +230,15 @@ class _Run(RunBase):
         yield from self._solo(self.tracks["small"])
 
     def _boundary(self) -> Generator[Event, None, tuple[bool, str]]:
+        """Step 3 at a trigger, timed (boundary latency). See :meth:`_boundary_step`."""
+        started = self.clock()
+        try:
+            return (yield from self._boundary_step())
+        finally:
+            self.boundaries += 1
+            self.boundary_seconds += self.clock() - started
+
+    def _boundary_step(self) -> Generator[Event, None, tuple[bool, str]]:
         """Step 3 at a trigger. Returns (boundary again right away, carried-over small text)."""
         cfg, small = self.cfg, self.tracks["small"]
         self._check_budget(small)

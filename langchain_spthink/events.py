@@ -139,7 +139,9 @@ class FinishEvent:
         delegations: Number of delegation events.
         seconds: Wall time of the whole request.
         mode: The mode the request ended in.
-        extra: Backend- or policy-specific numbers (e.g. time saved by concurrent drafts).
+        extra: Timing numbers: ``boundaries`` and ``boundary_seconds`` (wall time spent at
+            boundaries: drafting, judging, large steps), and with concurrent drafts
+            ``concurrent_seconds_saved``, ``concurrent_steps``, ``concurrent_steps_discarded``.
         budgets: For each configured budget, its limit, what was spent and whether it ran out
             (keys ``max_large_tokens``, ``large_tokens``, ``large_exhausted``,
             ``max_reasoning_tokens``, ``reasoning_tokens``, ``reasoning_exhausted``).
