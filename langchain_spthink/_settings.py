@@ -193,13 +193,15 @@ def resolve_call(
     if any(not isinstance(s, str) or not s for s in stops):
         raise InvalidRequestError(f"stop must be a list of non-empty strings, got {stops!r}")
     call_seed = kwargs.get("seed")
+    if call_seed is not None and (isinstance(call_seed, bool) or not isinstance(call_seed, int)):
+        raise InvalidRequestError(f"seed must be an integer, got {call_seed!r}")
     tools = kwargs.get("tools")
     return CallSettings(
         mode=cast(Mode, call_mode),
         config=call_config,
         max_tokens=budget,
         stop=tuple(stops),
-        seed=model.seed if call_seed is None else int(call_seed),
+        seed=model.seed if call_seed is None else call_seed,
         tools=[convert_to_openai_tool(t) for t in tools] if tools else None,
     )
 

@@ -8,17 +8,30 @@ expected output of every branch of the control loop easy to write down by hand.
 
 Two tokenizers are available: ``"word"`` (words with their leading space; ``"\\n"`` alone) and
 ``"char"`` (one token per character), to test the id and the text hand-off.
+
+Constrained decoding works on scripted models too: :meth:`ScriptedBackend.constraint_tokenizer`
+gives llguidance the vocabulary as it stands (the script's pieces and every printable ASCII
+character are registered first), and a constrained session writes the scripted token when the
+constraint allows it, else the lowest allowed id.
 """
 
 from __future__ import annotations
 
 import re
+import string
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_spthink.errors import InvalidRequestError
+import torch
+
+from langchain_spthink.errors import BackendError, InvalidRequestError
 from langchain_spthink.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    import llguidance
+
+    from langchain_spthink.constraints import TokenConstraint
 
 __all__ = ["ScriptedBackend", "ScriptedSession", "tokenize_words"]
 
@@ -130,6 +143,39 @@ class ScriptedBackend:
         paragraph = self.pieces(self.script[k])
         return paragraph[offset] if offset < len(paragraph) else EOS_TEXT
 
+    def constraint_tokenizer(self) -> llguidance.LLTokenizer:
+        """An llguidance tokenizer over the current vocabulary (for constrained decoding).
+
+        The script's pieces and every printable ASCII character are registered first, so any
+        JSON text can be written; ids registered later are never allowed by constraints built
+        from this tokenizer.
+        """
+        import llguidance
+
+        for paragraph in self.script:
+            self.encode(paragraph)
+        for char in string.printable:
+            self.vocab.id(char)
+        snapshot = list(self.vocab.by_id)
+        known = {piece: i for i, piece in enumerate(snapshot)}
+
+        class _Wrapped:
+            eos_token_id = 0
+            bos_token_id = None
+            special_token_ids = [0]
+            tokens = [b"\xff" + EOS_TEXT.encode(), *(p.encode() for p in snapshot[1:])]
+
+            def __call__(inner, text: str | bytes) -> list[int]:  # noqa: N805
+                if isinstance(text, bytes):
+                    text = text.decode("utf-8", errors="replace")
+                ids: list[int] = []
+                for piece in self.pieces(text):
+                    found = known.get(piece)
+                    ids.extend([found] if found is not None else (known.get(c, 0) for c in piece))
+                return ids
+
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Wrapped()), eos_token=0)
+
     def chat_prompt_ids(
         self,
         messages: Sequence[dict[str, Any]],
@@ -157,6 +203,11 @@ class ScriptedBackend:
         drafts make) keeps that session's prompt length, so the script sees the same output.
         """
         prompt_len = len(prompt_ids)
+        if prompt_len >= self._context_length:  # as every real backend refuses it
+            raise InvalidRequestError(
+                f"the prompt has {prompt_len} tokens but {self.name} accepts at most "
+                f"{self._context_length} (prompt + output)"
+            )
         for other in self.sessions:
             if not other.closed and list(prompt_ids[: other.prompt_len]) == list(
                 other.ids[: other.prompt_len]
@@ -204,8 +255,8 @@ class ScriptedSession:
         del self._ids[length:]
         self._cached = min(self._cached, length)
 
-    def stream(self, max_new: int) -> Iterator[int]:
-        """Write scripted tokens."""
+    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
+        """Write scripted tokens (with a constraint: the scripted one if allowed, else the first)."""
         for _ in range(max_new):
             if self.closed:
                 raise RuntimeError("session used after close")
@@ -218,6 +269,8 @@ class ScriptedSession:
             self._cached = len(self._ids)
             output = backend.decode(self._ids[self.prompt_len :])
             token = backend.vocab.id(backend.next_piece(output))
+            if constraint is not None:
+                token = _constrained(constraint, token, len(backend.vocab.by_id))
             backend.tokens_sampled += 1
             self._ids.append(token)
             if backend.on_token is not None:
@@ -227,3 +280,17 @@ class ScriptedSession:
     def close(self) -> None:
         """Mark closed."""
         self.closed = True
+
+
+def _constrained(constraint: TokenConstraint, token: int, vocab: int) -> int:
+    """The scripted ``token`` if ``constraint`` allows it, else the lowest allowed id."""
+    logits = torch.zeros(vocab)
+    logits[token] = 1.0
+    allowed = torch.isfinite(constraint.mask(logits))
+    if not bool(allowed[token]):
+        found = allowed.nonzero()
+        if len(found) == 0:
+            raise BackendError("the constraint allows no token of the scripted vocabulary")
+        token = int(found[0])
+    constraint.accept(token)
+    return token

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "AssistantMessage",
@@ -43,6 +43,15 @@ class TextPart(_Lenient):
 
     type: Literal["text"]
     text: str
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        if value != "text":
+            raise ValueError(
+                f"content part type {value!r} is not supported: these models take text only"
+            )
+        return value
 
 
 Content = str | list[TextPart]
@@ -97,7 +106,9 @@ class ToolMessage(_Lenient):
     tool_call_id: str
 
 
-Message = SystemMessage | UserMessage | AssistantMessage | ToolMessage
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
 
 
 class StreamOptions(_Lenient):
