@@ -274,7 +274,7 @@ class RunBase:
         stream = (
             session.stream(budget)
             if constraint is None
-            else session.stream(budget, constraint=constraint)  # type: ignore[call-arg]
+            else session.stream(budget, constraint=constraint)
         )
         try:
             for token in stream:

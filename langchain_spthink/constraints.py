@@ -1,23 +1,52 @@
-"""The contract between the engine, the backends and constrained decoding.
+"""The contract between the engine, the backends and constrained decoding, and its grammar form.
 
 A :class:`TokenConstraint` restricts which token ids one model may sample next, e.g. a grammar
 compiled from a JSON schema. It is stateful and belongs to one session: the backend masks the
 logits row with :meth:`TokenConstraint.mask` before sampling and reports the sampled id with
 :meth:`TokenConstraint.accept`. The engine creates one with a :data:`ConstraintFactory` for the
 model that writes the answer, at the position where the answer starts.
+
+:class:`GrammarConstraint` is the implementation, over **llguidance** (Earley parser + lexer on
+the token trie; no torch dependency, fast masks, JSON-schema and Lark grammars, any tokenizer
+given as token bytes). Grammars are llguidance grammar strings built by :func:`json_grammar`,
+:func:`tool_call_grammar` (the ``<tool_call>`` wrapper over a union of tools) and
+:func:`grammar_factory` turns one into a factory. The llguidance tokenizer of a backend is built
+once and cached per backend: from its Hugging Face fast tokenizer (transformers backend), from its
+token bytes (llama.cpp backend: ``token_bytes()``), or by the backend itself
+(``constraint_tokenizer()``, e.g. the scripted test backend).
+
+Invariant: EOS is allowed exactly when the grammar accepts the text so far, and :attr:`done` is
+true once the grammar cannot be extended (only EOS may follow).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import json
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
+from langchain_spthink.errors import BackendError, InvalidRequestError
+
 if TYPE_CHECKING:
+    import llguidance
+
     from langchain_spthink.backends.base import Backend
 
-__all__ = ["ConstraintFactory", "TokenConstraint"]
+__all__ = [
+    "JSON_FORMAT",
+    "ConstraintFactory",
+    "GrammarConstraint",
+    "TokenConstraint",
+    "grammar_factory",
+    "json_grammar",
+    "llg_tokenizer",
+    "tool_call_grammar",
+]
 
 
 @runtime_checkable
@@ -40,3 +69,246 @@ class TokenConstraint(Protocol):
 
 ConstraintFactory = Callable[["Backend"], TokenConstraint]
 """Builds a fresh constraint for the model (its tokenizer) that will write the answer."""
+
+JSON_FORMAT: dict[str, Any] = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
+"""How constrained JSON is laid out: ``json.dumps``' default separators, no other whitespace.
+
+Models have seen this layout most; it also bounds the output (no endless whitespace).
+"""
+
+
+def _with_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    guidance = {**JSON_FORMAT, **dict(schema.get("x-guidance") or {})}
+    return {**schema, "x-guidance": guidance}
+
+
+def json_grammar(schema: Mapping[str, Any] | None = None) -> str:
+    """An llguidance grammar for one JSON value following ``schema`` (any object if ``None``).
+
+    Args:
+        schema: A JSON schema (``$defs`` / ``$ref``, ``anyOf``, enums, bounds... as llguidance
+            supports them).
+
+    Returns:
+        The grammar string.
+
+    Raises:
+        InvalidRequestError: The schema is not a JSON object.
+    """
+    if schema is not None and not isinstance(schema, Mapping):
+        raise InvalidRequestError(f"a JSON schema must be a dict, got {type(schema).__name__}")
+    import llguidance
+
+    chosen: Mapping[str, Any] = schema if schema is not None else {"type": "object"}
+    try:
+        return str(llguidance.LLMatcher.grammar_from_json_schema(_with_format(chosen)))
+    except ValueError as exc:
+        raise InvalidRequestError(f"invalid JSON schema: {exc}") from exc
+
+
+def call_schema(tools: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """JSON schema of one call ``{"name": ..., "arguments": {...}}`` to one of ``names``."""
+    options = []
+    for tool in tools:
+        function = tool["function"]
+        if function["name"] not in names:
+            continue
+        parameters = dict(function.get("parameters") or {"type": "object", "properties": {}})
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    if not options:
+        raise InvalidRequestError(f"no bound tool is named {list(names)}")
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def tool_call_grammar(
+    tools: Sequence[Mapping[str, Any]], names: Sequence[str], *, parallel: bool = False
+) -> str:
+    """A grammar for ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` answers.
+
+    Args:
+        tools: The bound tools (OpenAI tool dicts).
+        names: The tools that may be called (the union of their schemas is allowed).
+        parallel: Allow several calls, one per line; otherwise exactly one.
+
+    Returns:
+        The grammar string (Lark with an inline JSON schema).
+    """
+    import llguidance
+
+    from langchain_spthink.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+    schema = json.dumps(_with_format(call_schema(tools, names)))
+    start = 'start: call ("\\n" call)*' if parallel else "start: call"
+    lark = f"{start}\ncall: {json.dumps(TOOL_CALL_OPEN)} body {json.dumps(TOOL_CALL_CLOSE)}\n"
+    lark += f"body: %json {schema}\n"
+    return str(llguidance.LLMatcher.grammar_from_lark(lark))
+
+
+# ----------------------------------------------------------------------- tokenizers
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, llguidance.LLTokenizer] = weakref.WeakKeyDictionary()
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def _build_tokenizer(backend: Backend) -> tuple[llguidance.LLTokenizer, bool]:
+    """Return ``(tokenizer, cacheable)`` for a backend."""
+    import llguidance
+
+    if getattr(backend, "is_remote", False):
+        raise InvalidRequestError(
+            f"constrained decoding needs a local model: {backend.name} is remote (its server "
+            "samples the tokens); let a local model write the constrained answer"
+        )
+    eos = sorted(backend.eos_ids)
+    own = getattr(backend, "constraint_tokenizer", None)
+    if callable(own):
+        return own(), False
+    token_bytes = getattr(backend, "token_bytes", None)
+    if callable(token_bytes):
+        pieces: list[bytes] = token_bytes()
+        wrapper = _BytesTokenizer(pieces, eos[0] if eos else 0, backend.encode)
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(wrapper), eos_token=eos), True
+    hf = getattr(backend, "tokenizer", None)
+    if hf is not None:
+        import llguidance.hf
+
+        try:
+            return llguidance.hf.from_tokenizer(hf, eos_token=eos), True
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"constrained decoding cannot read the tokenizer of {backend.name}: {exc}"
+            ) from exc
+    raise InvalidRequestError(
+        f"constrained decoding cannot read the tokenizer of {backend.name}: it has neither a "
+        "Hugging Face fast tokenizer, token_bytes() nor constraint_tokenizer()"
+    )
+
+
+class _BytesTokenizer:
+    """What ``llguidance.TokenizerWrapper`` reads: token bytes, EOS, and an encode function."""
+
+    def __init__(self, tokens: list[bytes], eos: int, encode: Callable[[str], list[int]]) -> None:
+        self.tokens = tokens
+        self.eos_token_id = eos
+        self.bos_token_id = None
+        self.special_token_ids = [i for i, t in enumerate(tokens) if t.startswith(b"\xff")]
+        self._encode = encode
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._encode(text)
+
+
+def llg_tokenizer(backend: Backend) -> llguidance.LLTokenizer:
+    """The llguidance tokenizer of a backend (built once per backend, ~0.3 s for SmolLM2).
+
+    Raises:
+        InvalidRequestError: The backend is remote, or its tokenizer cannot be read.
+    """
+    with _TOKENIZERS_LOCK:
+        try:
+            cached = _TOKENIZERS.get(backend)
+        except TypeError:  # not weak-referenceable: build every time
+            cached = None
+        if cached is not None:
+            return cached
+        built, cacheable = _build_tokenizer(backend)
+        if cacheable:
+            try:
+                _TOKENIZERS[backend] = built
+            except TypeError:
+                pass
+        return built
+
+
+# ----------------------------------------------------------------------- the constraint
+class GrammarConstraint:
+    """A :class:`TokenConstraint` over an llguidance grammar.
+
+    Args:
+        tokenizer: The llguidance tokenizer of the model that samples.
+        grammar: An llguidance grammar string (see :func:`json_grammar`).
+
+    Raises:
+        InvalidRequestError: The grammar is invalid (e.g. an unsupported schema feature).
+    """
+
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
+        import llguidance
+
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+        if failed:
+            raise InvalidRequestError(f"the output grammar is invalid: {'; '.join(messages)}")
+        self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        self._vocab = int(tokenizer.vocab_size)
+        # One bit per token id, 32 ids per int32 word (llguidance's layout).
+        self._bits = np.zeros((1, (self._vocab + 31) // 32), dtype=np.int32)
+        self.tokens = 0
+
+    def allowed(self) -> torch.Tensor:
+        """The ``[vocab]`` bool tensor of the ids the grammar allows next."""
+        import llguidance.numpy
+
+        llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bits)
+        if self._matcher.is_error():
+            raise BackendError(f"constrained decoding failed: {self._matcher.get_error()}")
+        bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self._vocab]
+        return torch.from_numpy(bits.view(np.bool_))
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (``[n]``) with forbidden ids at ``-inf``; ids past the tokenizer's too."""
+        allowed = self.allowed().to(logits.device)
+        n = logits.shape[-1]
+        if n > self._vocab:  # the model's embedding is padded past the tokenizer
+            allowed = torch.cat([allowed, allowed.new_zeros(n - self._vocab)])
+        return logits.masked_fill(~allowed[:n], float("-inf"))
+
+    def accept(self, token: int) -> None:
+        """Advance by the sampled id.
+
+        Raises:
+            BackendError: The id is not allowed (the sampler ignored the mask).
+        """
+        if not self._matcher.consume_token(int(token)):
+            raise BackendError(
+                f"constrained decoding: token {token} is not allowed here "
+                f"({self._matcher.get_error()})"
+            )
+        self.tokens += 1
+
+    @property
+    def done(self) -> bool:
+        """True when the grammar is complete and cannot be extended."""
+        return bool(self._matcher.is_stopped())
+
+    @property
+    def accepting(self) -> bool:
+        """True when the text so far is a complete sentence of the grammar."""
+        return bool(self._matcher.is_accepting())
+
+
+def grammar_factory(grammar: str) -> ConstraintFactory:
+    """A :data:`ConstraintFactory` that compiles ``grammar`` for the backend that writes.
+
+    Args:
+        grammar: An llguidance grammar string.
+
+    Returns:
+        ``backend -> GrammarConstraint`` (the backend's llguidance tokenizer is cached).
+    """
+
+    def build(backend: Backend) -> TokenConstraint:
+        return GrammarConstraint(llg_tokenizer(backend), grammar)
+
+    return build

@@ -256,7 +256,7 @@ class ScriptedSession:
         self._cached = min(self._cached, length)
 
     def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
-        """Write scripted tokens (with a constraint: the scripted one if allowed, else the first)."""
+        """Write scripted tokens (constrained: the scripted one if allowed, else the first)."""
         for _ in range(max_new):
             if self.closed:
                 raise RuntimeError("session used after close")

@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from langchain_spthink.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from langchain_spthink.constraints import TokenConstraint
 
 __all__ = ["Backend", "Session", "vocab_fingerprint"]
 
@@ -46,8 +49,14 @@ class Session(Protocol):
         """Drop every id at index ``>= length`` and crop the cache to match."""
         ...
 
-    def stream(self, max_new: int) -> Iterator[int]:
-        """Sample up to ``max_new`` ids, yielding each after appending it to :attr:`ids`."""
+    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
+        """Sample up to ``max_new`` ids, yielding each after appending it to :attr:`ids`.
+
+        With a ``constraint``, each logits row is masked by it before sampling (before the
+        sampling warpers) and each sampled id is passed to its ``accept``; the consumer stops
+        when an EOS id is yielded or ``constraint.done``. Backends that sample elsewhere (remote
+        servers) raise :class:`~langchain_spthink.errors.InvalidRequestError`.
+        """
         ...
 
     def close(self) -> None:

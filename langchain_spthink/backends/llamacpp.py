@@ -17,11 +17,12 @@ Built against ``llama-cpp-python==0.3.36`` (uses ``Llama._ctx``, a private attri
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
 from langchain_spthink.handoff import common_prefix_length
 from langchain_spthink.sampling import SamplingParams, request_generator, sample_token
+
+if TYPE_CHECKING:
+    from langchain_spthink.constraints import TokenConstraint
 
 __all__ = ["LlamaCppBackend", "LlamaCppSession", "LLAMA_CPP_VERSION"]
 
@@ -183,6 +187,32 @@ class LlamaCppBackend:
         data: bytes = self._tok.detokenize([int(i) for i in ids], special=False)
         return data.decode("utf-8", errors="replace")
 
+    def token_bytes(self) -> list[bytes]:
+        r"""Every id's bytes, in id order, as constrained decoding reads the vocabulary.
+
+        Control tokens (and ``<...>`` user-defined ones) get a ``\xff`` prefix, llguidance's
+        mark of a special token that no grammar text matches.
+        """
+        lc = self._llama_cpp
+        vocab = self._tok._model.vocab
+        size = 1024
+        buffer = ctypes.create_string_buffer(size + 1)
+        out: list[bytes] = []
+        for token in range(self._n_vocab):
+            n = lc.llama_token_to_piece(vocab, token, buffer, size, 0, True)
+            if n < 0:
+                raise BackendError(f"{self.name}: token {token} does not fit {size} bytes")
+            piece = buffer.raw[:n]
+            attr = lc.llama_token_get_attr(vocab, token)
+            if attr & lc.LLAMA_TOKEN_ATTR_CONTROL or (
+                attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+                and piece.startswith(b"<")
+                and piece.endswith(b">")
+            ):
+                piece = b"\xff" + piece
+            out.append(piece)
+        return out
+
     def chat_prompt_ids(
         self,
         messages: Sequence[dict[str, Any]],
@@ -317,10 +347,15 @@ class LlamaCppSession:
         row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(self._backend._n_vocab,))
         return torch.from_numpy(row.copy())
 
-    def stream(self, max_new: int) -> Iterator[int]:
-        """Sample up to ``max_new`` ids."""
+    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
+        """Sample up to ``max_new`` ids (masked by ``constraint`` if given)."""
         for _ in range(max_new):
-            token = sample_token(self.next_logits(), self.sampling, self._generator)
+            logits = self.next_logits()
+            if constraint is not None:
+                logits = constraint.mask(logits)
+            token = sample_token(logits, self.sampling, self._generator)
+            if constraint is not None:
+                constraint.accept(token)
             self._ids.append(token)
             yield token
 

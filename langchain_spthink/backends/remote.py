@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from langchain_spthink.backends.base import Backend
+    from langchain_spthink.constraints import TokenConstraint
 
 __all__ = ["RemoteBackend", "RemoteSession", "load_tokenizer"]
 
@@ -489,13 +490,23 @@ class RemoteSession:
         context = self._ids[-4:]
         return tok.decode([*context, *new], special=True)[len(tok.decode(context, special=True)) :]
 
-    def stream(self, max_new: int) -> Iterator[int]:
+    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
         """One streaming completion of up to ``max_new`` tokens; yields local ids one by one.
 
         Raises:
+            InvalidRequestError: A ``constraint`` was given (the server samples the tokens, so
+                they cannot be masked here); raised at once, before any request is sent.
             BackendError: The server is unreachable, timed out, answered an error or sent a
                 malformed or truncated stream.
         """
+        if constraint is not None:
+            raise InvalidRequestError(
+                f"constrained decoding needs a local model: {self._backend.name} is remote and "
+                "its server samples the tokens"
+            )
+        return self._stream(max_new)
+
+    def _stream(self, max_new: int) -> Iterator[int]:
         if self._closed:
             raise BackendError("the session is closed")
         if max_new <= 0:

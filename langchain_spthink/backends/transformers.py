@@ -25,6 +25,8 @@ from langchain_spthink.sampling import SamplingParams, request_generator, sample
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from langchain_spthink.constraints import TokenConstraint
+
 __all__ = ["TransformersBackend", "TransformersSession"]
 
 
@@ -230,10 +232,15 @@ class TransformersSession:
         logits: torch.Tensor = out.logits[0, -1]
         return logits
 
-    def stream(self, max_new: int) -> Iterator[int]:
-        """Sample up to ``max_new`` ids, one forward per id."""
+    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
+        """Sample up to ``max_new`` ids, one forward per id (masked by ``constraint`` if given)."""
         for _ in range(max_new):
-            token = sample_token(self.next_logits(), self.sampling, self._generator)
+            logits = self.next_logits()
+            if constraint is not None:
+                logits = constraint.mask(logits)
+            token = sample_token(logits, self.sampling, self._generator)
+            if constraint is not None:
+                constraint.accept(token)
             self._ids.append(token)
             yield token
 
