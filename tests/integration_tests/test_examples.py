@@ -26,3 +26,15 @@ def test_stream_delegations_example(capsys: pytest.CaptureFixture[str]) -> None:
     out, err = capsys.readouterr()
     assert answer and answer in out
     assert "[large model, begin:" in err  # the instruct preset lets the large model open
+
+
+def test_rag_math_example(capsys: pytest.CaptureFixture[str]) -> None:
+    rag = load("rag_math")
+    result = rag.main(rag.DEFAULT_QUESTION, max_tokens=16)
+    out, err = capsys.readouterr()
+    assert result["sources"][0] == "discount"  # the dense retriever found the worked example
+    assert out.startswith("Retrieved: Price after a discount")
+    assert result["answer"] and result["answer"] in out
+    # the instruct preset: the large model opens the answer
+    assert result["delegations"] and result["delegations"][0].kind == "begin"
+    assert "steps written by the large model" in err
