@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["key_value", "positive_int"]
+__all__ = ["add_policy_arguments", "key_value", "policy_overrides", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -30,3 +30,34 @@ def key_value(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw
     return key.strip(), tuple(value) if isinstance(value, list) else value
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options for the delegation policy and the per-request budgets (``run`` and ``eval``)."""
+    parser.add_argument(
+        "--policy",
+        choices=("keyword", "judge"),
+        help="delegation policy: keyword (the paper's cue words; default) or judge (the large "
+        "model scores each small draft 0-9, SpecReason-style)",
+    )
+    parser.add_argument(
+        "--judge-threshold",
+        type=float,
+        help="judge policy: delegate drafts scored below this (0-9, default 7)",
+    )
+    parser.add_argument(
+        "--max-large-tokens",
+        type=int,
+        help="cap on tokens the large model generates per request; then small mode",
+    )
+    parser.add_argument(
+        "--max-reasoning-tokens",
+        type=positive_int,
+        help="thinking budget: output tokens before the answer is forced",
+    )
+
+
+def policy_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields set by :func:`add_policy_arguments` options (unset ones left out)."""
+    names = ("policy", "judge_threshold", "max_large_tokens", "max_reasoning_tokens")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

@@ -20,18 +20,25 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, NoReturn
 
-from langchain_spthink._argtypes import key_value, positive_int
+from langchain_spthink._argtypes import (
+    add_policy_arguments,
+    key_value,
+    policy_overrides,
+    positive_int,
+)
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import PRESETS, SpeculativeThinkingConfig, preset
 from langchain_spthink.engine import Request, SpeculativeEngine
 from langchain_spthink.errors import ConfigError, ModelLoadError, SpThinkError
 from langchain_spthink.events import (
+    BudgetEvent,
     DelegationEvent,
     Event,
     FallbackEvent,
     FinishEvent,
     TextEvent,
 )
+from langchain_spthink.reasoning import opens_reasoning
 
 __all__ = ["BackendSource", "build_parser", "config_table", "main", "run_cli", "summary_line"]
 
@@ -48,6 +55,7 @@ _EVENT_TYPES: dict[type, str] = {
     TextEvent: "text",
     DelegationEvent: "delegation",
     FallbackEvent: "fallback",
+    BudgetEvent: "budget",
     FinishEvent: "finish",
 }
 
@@ -162,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any config field (VALUE parsed as JSON when it is JSON), e.g. --set begin=false",
     )
+    add_policy_arguments(run)
     run.add_argument("--json", action="store_true", help="one JSON object per event per line")
     run.add_argument(
         "--color",
@@ -233,6 +242,7 @@ def _config(args: argparse.Namespace) -> SpeculativeThinkingConfig:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    overrides.update(policy_overrides(args))
     return preset(args.preset, **overrides)
 
 
@@ -312,6 +322,16 @@ def summary_line(
     parts.append(f"stop: {finish.stop_reason}")
     if finish.mode != "speculative":
         parts.append(f"mode: {finish.mode}")
+    spent = [
+        name
+        for name, flag in (
+            ("max_large_tokens", "large_exhausted"),
+            ("max_reasoning_tokens", "reasoning_exhausted"),
+        )
+        if finish.budgets.get(flag)
+    ]
+    if spent:
+        parts.append("budget spent: " + ", ".join(spent))
     return "-- " + " | ".join(parts)
 
 
@@ -374,6 +394,7 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
         max_tokens=args.max_tokens,
         sampling=config.sampling(seed=args.seed),
         mode=args.mode,
+        answer_marker="</think>" if opens_reasoning(writer, small_prompt) else None,
     )
     engine = SpeculativeEngine(writer, large, config)
     renderer = (
@@ -387,6 +408,9 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
                 ctx.note(_describe(event))
         elif isinstance(event, FallbackEvent):
             ctx.note(f"spthink: large model failed ({event.reason}); continuing with small")
+        elif isinstance(event, BudgetEvent) and not quiet:
+            then = "small mode" if event.budget == "max_large_tokens" else "answering now"
+            ctx.note(f"spthink: {event.budget}={event.limit} spent; {then}")
         if args.json:
             kinds = _kinds(delegations)
             print(_event_json(event, kinds), file=ctx.stdout, flush=True)

@@ -17,7 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from langchain_spthink._argtypes import key_value, positive_int
+from langchain_spthink._argtypes import (
+    add_policy_arguments,
+    key_value,
+    policy_overrides,
+    positive_int,
+)
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import PRESETS
 from langchain_spthink.errors import ConfigError, ModelLoadError, SpThinkError
@@ -110,6 +115,7 @@ def add_eval_parsers(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="any config field (VALUE parsed as JSON when it is JSON)",
     )
+    add_policy_arguments(ev)
     ev.add_argument(
         "--out",
         help="JSONL file of records, appended and resumed (default eval-DATASET-MODE.jsonl)",
@@ -131,7 +137,7 @@ def add_eval_parsers(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> EvalSettings:
-    overrides: dict[str, Any] = dict(args.overrides)
+    overrides: dict[str, Any] = {**dict(args.overrides), **policy_overrides(args)}
     sampling = {"temperature": 0.6, "top_p": 0.95, "top_k": 50}
     for key in sampling:
         if key in overrides:

@@ -42,6 +42,11 @@ class RunSummary:
         total_seconds: Sum of the answers' wall times.
         finish_reasons: How answers ended (``eos``, ``length``, ...), counted.
         answered: Fraction of answers from which an answer could be extracted.
+        policy: The delegation policy of the run (``mixed`` if records disagree).
+        large_generated_per_problem: Mean tokens the large model generated per answer (its
+            cost: kept or not, judged drafts excluded).
+        budget_spent: Fraction of answers in which a budget (``max_large_tokens`` or
+            ``max_reasoning_tokens``) ran out.
     """
 
     label: str
@@ -58,6 +63,9 @@ class RunSummary:
     total_seconds: float = 0.0
     finish_reasons: dict[str, int] = field(default_factory=dict)
     answered: float = 0.0
+    policy: str = "keyword"
+    large_generated_per_problem: float = 0.0
+    budget_spent: float = 0.0
 
 
 def _one(values: set[str]) -> str:
@@ -96,7 +104,17 @@ def summarize(records: Sequence[Mapping[str, Any]], *, label: str = "run") -> Ru
         total_seconds=seconds,
         finish_reasons=dict(Counter(str(r.get("finish_reason", "")) for r in records)),
         answered=sum(r.get("extracted") is not None for r in records) / n if n else 0.0,
+        policy=_one({str(r.get("policy", "keyword")) for r in records}),
+        large_generated_per_problem=(
+            sum(int(r.get("large_generated", 0)) for r in records) / n if n else 0.0
+        ),
+        budget_spent=sum(_budget_spent(r) for r in records) / n if n else 0.0,
     )
+
+
+def _budget_spent(record: Mapping[str, Any]) -> bool:
+    budgets = record.get("budgets") or {}
+    return bool(budgets.get("large_exhausted") or budgets.get("reasoning_exhausted"))
 
 
 def run_labels(paths: Sequence[str | Path]) -> list[str]:
@@ -113,7 +131,7 @@ def run_labels(paths: Sequence[str | Path]) -> list[str]:
 
 
 def format_table(summaries: Sequence[RunSummary]) -> str:
-    """The paper's Table 2 for these runs, then delegations by kind, as Markdown."""
+    """The paper's Table 2 for these runs, delegations by kind, policy and cost, as Markdown."""
     lines = [
         "| run | mode | problems | answers | accuracy | avg length (tokens) | large share "
         "| delegations / problem | s / problem | total s |",
@@ -129,6 +147,16 @@ def format_table(summaries: Sequence[RunSummary]) -> str:
     for s in summaries:
         cells = " | ".join(f"{s.delegations_by_kind.get(k, 0.0):.2f}" for k in _KINDS)
         lines.append(f"| {s.label} | {cells} |")
+    lines += [
+        "",
+        "| run | policy | large tokens generated / problem | budget spent |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s.label} | {s.policy} | {s.large_generated_per_problem:.1f} "
+            f"| {100 * s.budget_spent:.1f}% |"
+        )
     return "\n".join(lines)
 
 

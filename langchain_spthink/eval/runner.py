@@ -33,6 +33,7 @@ from langchain_spthink.eval.datasets import GraderKind, Problem
 from langchain_spthink.eval.grading import grade
 from langchain_spthink.eval.report import RunSummary, summarize
 from langchain_spthink.events import DelegationEvent, FallbackEvent, FinishEvent
+from langchain_spthink.reasoning import opens_reasoning
 
 __all__ = [
     "DELEGATION_KINDS",
@@ -240,6 +241,8 @@ def _record(
         "finish_reason": finish.stop_reason,
         "final_mode": finish.mode,
         "fallback": fallback.reason if fallback else None,
+        "policy": settings.config().policy,
+        "budgets": dict(finish.budgets),
         "seed": seed,
         "answer": finish.text,
         "run": settings.to_json(),
@@ -273,6 +276,7 @@ def _answer(
         max_tokens=settings.max_tokens,
         sampling=config.sampling(seed=seed),
         mode=settings.mode,
+        answer_marker="</think>" if opens_reasoning(small or large, small_prompt) else None,
     )
     delegations: list[DelegationEvent] = []
     fallback: FallbackEvent | None = None

@@ -157,7 +157,9 @@ def test_inserted_text_is_marked() -> None:
         table=table,
     )
     assert code == 0
-    assert "So 4.\n\n[[inserted: RECAP:]][[large:  all good.\n\n]]" in out
+    # The kept small draft ends in "\n"; the small model's next "\n" completes the boundary,
+    # where the recap is due (1 negative step).
+    assert "recount it.\n\n[[inserted: RECAP:]][[large: \n\nRecap: all good.\n\n]]" in out
     assert "(recap 1, reflection 1)" in out
 
 
@@ -354,3 +356,29 @@ def test_readme_config_table_is_generated_from_the_config() -> None:
     assert table.strip() in readme.read_text(encoding="utf-8"), (
         "README's config table is stale: paste the output of `spthink config --markdown`"
     )
+
+
+def test_budget_flags_reach_the_engine_and_the_output() -> None:
+    # instruct preset: the large model opens (begin) and writes every step; 3 tokens allowed.
+    code, out, err = cli("run", "q", "--max-large-tokens", "3", "--json")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    (budget,) = [x for x in lines if x["type"] == "budget"]
+    assert (budget["budget"], budget["limit"], budget["spent"]) == ("max_large_tokens", 3, 3)
+    finish = lines[-1]
+    assert finish["large"]["generated_tokens"] == 3 and finish["mode"] == "small"
+    assert finish["budgets"]["large_exhausted"] is True
+    code, out, err = cli("run", "q", "--max-large-tokens", "3")
+    assert "budget spent: max_large_tokens" in out and "max_large_tokens=3 spent" in err
+
+
+def test_policy_flags_are_validated_and_applied() -> None:
+    code, out, _ = cli(
+        "run", "q", "--policy", "judge", "--judge-threshold", "0", "--json", "--preset", "reasoning"
+    )
+    assert code == 0
+    # Threshold 0: the judge never delegates (scores are >= 0), so only small text.
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert not [x for x in lines if x["type"] == "delegation"]
+    code, _, err = cli("run", "q", "--judge-threshold", "12")
+    assert code != 0 and "judge_threshold" in err

@@ -46,11 +46,24 @@ def rec(
 
 
 # Run A: 2 problems x 2 samples.
+JUDGE = {"policy": "judge"}
 RUN_A = [
-    rec("p1", 0, True, 100, 20, {"reflection": 1, "verify": 1}, 1.0),
-    rec("p1", 1, False, 50, 0, {}, 3.0),
-    rec("p2", 0, True, 30, 30, {"begin": 1, "reflection": 2}, 2.0),
-    rec("p2", 1, True, 20, 10, {"recap": 1}, 2.0, finish_reason="length"),
+    rec("p1", 0, True, 100, 20, {"reflection": 1, "verify": 1}, 1.0, large_generated=25, **JUDGE),
+    rec("p1", 1, False, 50, 0, {}, 3.0, large_generated=0, **JUDGE),
+    rec("p2", 0, True, 30, 30, {"begin": 1, "reflection": 2}, 2.0, large_generated=30, **JUDGE),
+    rec(
+        "p2",
+        1,
+        True,
+        20,
+        10,
+        {"recap": 1},
+        2.0,
+        finish_reason="length",
+        large_generated=5,
+        budgets={"max_large_tokens": 5, "large_tokens": 5, "large_exhausted": True},
+        **JUDGE,
+    ),
 ]
 # Run B: unequal samples per problem (p1 once, p2 three times) and a small-only run.
 RUN_B = [
@@ -83,6 +96,8 @@ def test_summary_numbers_by_hand() -> None:
     assert a.seconds_per_problem == 2.0 and a.total_seconds == 8.0
     assert a.finish_reasons == {"eos": 3, "length": 1}
     assert a.mode == "speculative" and a.dataset == "gsm8k" and a.answered == 1.0
+    assert a.policy == "judge" and a.large_generated_per_problem == (25 + 0 + 30 + 5) / 4
+    assert a.budget_spent == 1 / 4
 
     b = summarize(RUN_B, label="B")
     # pass@1 averaged per problem: p1 1/1, p2 1/3 -> (1 + 1/3) / 2 = 2/3 (not 2/4)
@@ -91,6 +106,8 @@ def test_summary_numbers_by_hand() -> None:
     assert b.large_share == 0.0 and b.delegations_per_problem == 0.0
     assert b.seconds_per_problem == 1.0 and b.total_seconds == 4.0
     assert b.mode == "small" and b.answered == 0.75
+    assert b.policy == "keyword" and b.budget_spent == 0.0  # records without the fields
+    assert summarize([*RUN_A, *RUN_B]).policy == "mixed"
 
     empty = summarize([], label="none")
     assert (empty.accuracy, empty.avg_length, empty.large_share, empty.answers) == (0, 0, 0, 0)
@@ -110,6 +127,11 @@ def test_table_exact() -> None:
             "| --- | ---: | ---: | ---: | ---: |",
             "| A | 0.25 | 0.75 | 0.25 | 0.25 |",
             "| B | 0.00 | 0.00 | 0.00 | 0.00 |",
+            "",
+            "| run | policy | large tokens generated / problem | budget spent |",
+            "| --- | --- | ---: | ---: |",
+            "| A | judge | 15.0 | 25.0% |",
+            "| B | keyword | 0.0 | 0.0% |",
         ]
     )
 

@@ -329,3 +329,17 @@ def test_invalid_settings() -> None:
         EvalSettings(dataset="toy", samples=0)
     with pytest.raises(ConfigError, match="draft_tokens"):
         EvalSettings(dataset="toy", overrides={"draft_tokens": 0}).config()
+
+
+def test_policy_and_budgets_are_recorded_and_compared(tmp_path: Path) -> None:
+    small, large = backends()
+    capped = settings(preset="instruct", overrides={"draft_tokens": 3, "max_large_tokens": 4})
+    result = run_eval(PROBLEMS[:2], capped, small=small, large=large, out=tmp_path / "c.jsonl")
+    for record in result.records:
+        assert record["policy"] == "keyword"
+        assert record["large_generated"] <= 4
+        assert record["budgets"]["max_large_tokens"] == 4
+    assert result.summary.large_generated_per_problem <= 4
+    judged = settings(overrides={"draft_tokens": 3, "policy": "judge", "judge_threshold": 0})
+    other = run_eval(PROBLEMS[:2], judged, small=small, large=large, out=tmp_path / "j.jsonl")
+    assert other.summary.policy == "judge" and other.summary.delegations_per_problem == 0
