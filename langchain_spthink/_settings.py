@@ -12,13 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ValidationError
 
 from langchain_spthink._runs import RUN_KEY
 from langchain_spthink.config import SpeculativeThinkingConfig, preset
 from langchain_spthink.engine import Mode
 from langchain_spthink.errors import ConfigError, InvalidRequestError
+from langchain_spthink.structured import AnswerFormat, answer_format
 
 __all__ = [
     "CONFIG_KNOBS",
@@ -55,13 +55,16 @@ _CALL_KWARGS = frozenset(
         "large_step_timeout",
         "fallback",
         "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
     }
 )
 # Standard init parameters (langchain-tests passes them) that mean nothing for local models:
 # accepted and ignored.
 _IGNORED_INIT = frozenset({"max_retries", "streaming", "api_key"})
-# Accepted and ignored: LangChain plumbing, and tool options until tool calling exists.
-_IGNORED_KWARGS = frozenset({"stream", "tool_choice", "parallel_tool_calls"})
+# Accepted and ignored: LangChain plumbing.
+_IGNORED_KWARGS = frozenset({"stream"})
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,12 @@ class CallSettings:
     max_tokens: int
     stop: tuple[str, ...]
     seed: int | None
-    tools: list[dict[str, Any]] | None
+    answer: AnswerFormat
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        """The bound tools (OpenAI tool dicts)."""
+        return self.answer.tools
 
 
 def _with_knobs(
@@ -195,14 +203,19 @@ def resolve_call(
     call_seed = kwargs.get("seed")
     if call_seed is not None and (isinstance(call_seed, bool) or not isinstance(call_seed, int)):
         raise InvalidRequestError(f"seed must be an integer, got {call_seed!r}")
-    tools = kwargs.get("tools")
+    answer = answer_format(
+        kwargs.get("tools"),
+        kwargs.get("tool_choice"),
+        parallel_tool_calls=kwargs.get("parallel_tool_calls"),
+        response_format=kwargs.get("response_format"),
+    )
     return CallSettings(
         mode=cast(Mode, call_mode),
         config=call_config,
         max_tokens=budget,
         stop=tuple(stops),
         seed=model.seed if call_seed is None else call_seed,
-        tools=[convert_to_openai_tool(t) for t in tools] if tools else None,
+        answer=answer,
     )
 
 

@@ -3,7 +3,11 @@
 :func:`reply_items` renders each model's prompt, runs the engine and turns its events into
 :class:`~langchain_core.outputs.ChatGenerationChunk` s (reasoning split off, usage and metadata on
 the last chunk) interleaved with :class:`~langchain_spthink._runs.CustomEvent` s placed after the
-text they refer to. ``_stream`` runs it in the caller's thread, ``_astream`` in a worker thread
+text they refer to. With tools, the answer goes through
+:class:`~langchain_spthink.tool_parsing.ToolCallStream` (tool calls become ``tool_call_chunks``);
+a forced tool call or a JSON response format decodes the answer under a grammar (the engine's
+``Request.constraint``, from where the answer starts: after ``</think>`` for reasoning prompts).
+``_stream`` runs it in the caller's thread, ``_astream`` in a worker thread
 (:mod:`langchain_spthink._async_bridge`).
 """
 
@@ -23,6 +27,7 @@ from langchain_spthink._runs import CustomEvent
 from langchain_spthink._settings import CallSettings
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.callbacks import DELEGATION_EVENT, FALLBACK_EVENT
+from langchain_spthink.constraints import grammar_factory
 from langchain_spthink.engine import Request, Role, SpeculativeEngine
 from langchain_spthink.events import (
     DelegationEvent,
@@ -33,6 +38,8 @@ from langchain_spthink.events import (
 )
 from langchain_spthink.messages import render_prompt_ids, to_chat_dicts, wants_continuation
 from langchain_spthink.reasoning import Part, ReasoningSplitter, opens_reasoning
+from langchain_spthink.tool_parsing import AnswerParser
+from langchain_spthink.tools import native_tools, prepare_messages
 
 __all__ = ["Item", "ModelNames", "reply_items"]
 
@@ -74,18 +81,21 @@ class _Emitter:
 
     def __init__(self, input_tokens: int) -> None:
         self.input_tokens = input_tokens
-        self.pending: tuple[Part, str, bool] | None = None  # (part, text, is_first)
+        # (part, text or tool-call chunk, is_first)
+        self.pending: tuple[Part | Literal["tool"], Any, bool] | None = None
         self.queued: list[CustomEvent] = []
         self.started = False
         self.content_seen = False
 
     @staticmethod
-    def _message(part: Part, text: str, **extra: Any) -> AIMessageChunk:
+    def _message(part: Part | Literal["tool"], payload: Any, **extra: Any) -> AIMessageChunk:
         if part == "content":
-            return AIMessageChunk(content=text, **extra)
-        return AIMessageChunk(content="", additional_kwargs={"reasoning_content": text}, **extra)
+            return AIMessageChunk(content=payload, **extra)
+        if part == "tool":
+            return AIMessageChunk(content="", tool_call_chunks=[payload], **extra)
+        return AIMessageChunk(content="", additional_kwargs={"reasoning_content": payload}, **extra)
 
-    def _take_pending(self) -> tuple[Part, str, bool] | None:
+    def _take_pending(self) -> tuple[Part | Literal["tool"], Any, bool] | None:
         pending, self.pending = self.pending, None
         return pending
 
@@ -93,11 +103,11 @@ class _Emitter:
         queued, self.queued = self.queued, []
         yield from queued
 
-    def piece(self, part: Part, text: str) -> Iterator[Item]:
-        """Add a piece of reasoning or content; yield what it lets go."""
+    def piece(self, part: Part | Literal["tool"], text: Any) -> Iterator[Item]:
+        """Add a piece of reasoning, content or a tool-call chunk; yield what it lets go."""
         if not text:
             return
-        self.content_seen |= part == "content"
+        self.content_seen |= part != "reasoning"
         held = self._take_pending()
         if held is not None:
             held_part, held_text, first = held
@@ -185,14 +195,7 @@ def reply_items(
     if call.mode != "small":
         backends["large"] = load("large")
     prompts = {
-        role: render_prompt_ids(
-            backend,
-            dicts,
-            tools=call.tools,
-            continue_final=continue_final,
-            chat_template=templates[role],
-            template_field=f"{role}_chat_template",
-        )
+        role: _prompt_ids(backend, role, dicts, call, templates[role], continue_final)
         for role, backend in backends.items()
     }
     if len(backends) == 1:
@@ -206,6 +209,11 @@ def reply_items(
         handoff=handoff,
         executor=draft_executor(),  # used only for remote large models (concurrent drafts)
     )
+    primary: Role = "small" if "small" in backends else "large"
+    in_reasoning = opens_reasoning(backends[primary], prompts[primary]) or (
+        continue_final and _unclosed_think(dicts[-1]["content"])
+    )
+    grammar = call.answer.grammar
     request = Request(
         small_prompt=prompts.get("small", ()),
         large_prompt=prompts.get("large", ()),
@@ -213,12 +221,11 @@ def reply_items(
         sampling=call.config.sampling(seed=call.seed),
         stop=call.stop,
         mode=call.mode,
+        # The reasoning stays free; the answer after it is decoded under the grammar.
+        constraint=grammar_factory(grammar) if grammar is not None else None,
+        answer_marker=REASONING_CLOSE if in_reasoning else None,
     )
-    primary: Role = "small" if "small" in backends else "large"
-    splitter = ReasoningSplitter(
-        in_reasoning=opens_reasoning(backends[primary], prompts[primary])
-        or (continue_final and _unclosed_think(dicts[-1]["content"]))
-    )
+    splitter = ReasoningSplitter(in_reasoning=in_reasoning, close_tag=REASONING_CLOSE)
     events = cast(Generator[Event, None, None], engine.generate(request))
     try:
         yield from _items_of_events(
@@ -233,6 +240,33 @@ def reply_items(
         events.close()
 
 
+REASONING_CLOSE = "</think>"
+
+
+def _prompt_ids(
+    backend: Backend,
+    role: Role,
+    dicts: list[dict[str, Any]],
+    call: CallSettings,
+    template: str | None,
+    continue_final: bool,
+) -> list[int]:
+    """One model's prompt: tools through its template if it knows them, else in the system text."""
+    answer = call.answer
+    own = template if template is not None else getattr(backend, "chat_template", None)
+    chat, template_tools = prepare_messages(
+        dicts, answer.tools, answer.choice, native=native_tools(own), extra_system=answer.system
+    )
+    return render_prompt_ids(
+        backend,
+        chat,
+        tools=template_tools,
+        continue_final=continue_final,
+        chat_template=template,
+        template_field=f"{role}_chat_template",
+    )
+
+
 def _items_of_events(
     events: Iterator[Event],
     *,
@@ -245,10 +279,12 @@ def _items_of_events(
     """The engine's events as chunks and custom events (see :class:`_Emitter`)."""
     # The delegations and fallbacks so far, by custom-event name (listed in the metadata).
     recorded: dict[str, list[dict[str, Any]]] = {DELEGATION_EVENT: [], FALLBACK_EVENT: []}
+    answer = AnswerParser(call.answer.choice.names if call.answer.parse_tools else None)
     for event in events:
         if isinstance(event, TextEvent):
             for part, text in splitter.feed(event.text):
-                yield from emitter.piece(part, text)
+                for kind, piece in answer.feed(part, text):
+                    yield from emitter.piece(kind, piece)
         elif isinstance(event, (DelegationEvent, FallbackEvent)):
             name = DELEGATION_EVENT if isinstance(event, DelegationEvent) else FALLBACK_EVENT
             data = asdict(event)
@@ -256,7 +292,10 @@ def _items_of_events(
             yield from emitter.custom(CustomEvent(name, dict(data)))
         elif isinstance(event, FinishEvent):
             for part, text in splitter.flush():
-                yield from emitter.piece(part, text)
+                for kind, piece in answer.feed(part, text):
+                    yield from emitter.piece(kind, piece)
+            for kind, piece in answer.flush():
+                yield from emitter.piece(kind, piece)
             usage = UsageMetadata(
                 input_tokens=0,
                 output_tokens=event.output_tokens,
@@ -268,6 +307,8 @@ def _items_of_events(
             metadata = _finish_metadata(
                 call, event, names, recorded[DELEGATION_EVENT], recorded[FALLBACK_EVENT]
             )
+            if answer.valid_calls and metadata["finish_reason"] == "stop":
+                metadata["finish_reason"] = "tool_calls"
             yield from emitter.finish(usage, metadata)
 
 

@@ -9,7 +9,10 @@ chunks, custom callback events and metadata. One streaming path (:meth:`_stream`
 * :mod:`langchain_spthink._settings` — the model's configuration and a call's settings over it;
 * :mod:`langchain_spthink._streaming` — one request from messages to chunks and custom events;
 * :mod:`langchain_spthink._async_bridge` — the async path's worker thread;
-* :mod:`langchain_spthink._runs` — the run id where LangChain hides it, custom-event dispatch.
+* :mod:`langchain_spthink._runs` — the run id where LangChain hides it, custom-event dispatch;
+* :mod:`langchain_spthink.tools`, :mod:`langchain_spthink.tool_parsing`,
+  :mod:`langchain_spthink.structured`, :mod:`langchain_spthink.constraints` — tools in the
+  prompt, tool calls from the answer, structured output and constrained decoding.
 """
 
 from __future__ import annotations
@@ -58,11 +61,13 @@ from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import SpeculativeThinkingConfig
 from langchain_spthink.engine import Mode
 from langchain_spthink.loading import check_model_spec, clear_backend_cache, load_backend, spec_name
+from langchain_spthink.structured import ToolCallingMixin
+from langchain_spthink.tool_parsing import strict_tool_calls
 
 __all__ = ["ChatSpeculativeThinking", "clear_backend_cache", "load_backend"]
 
 
-class ChatSpeculativeThinking(BaseChatModel):
+class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     r"""Speculative Thinking as a LangChain chat model.
 
     A small model writes the answer; at reasoning boundaries (``"\n\n"``) where it is about
@@ -384,7 +389,9 @@ class ChatSpeculativeThinking(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        return strict_tool_calls(
+            generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        )
 
     async def _agenerate(
         self,
@@ -393,4 +400,6 @@ class ChatSpeculativeThinking(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        return strict_tool_calls(
+            await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        )

@@ -41,6 +41,7 @@ __all__ = [
     "JSON_FORMAT",
     "ConstraintFactory",
     "GrammarConstraint",
+    "closed_schema",
     "TokenConstraint",
     "grammar_factory",
     "json_grammar",
@@ -83,7 +84,34 @@ Models have seen this layout most; it also bounds the output (no endless whitesp
 
 def _with_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     guidance = {**JSON_FORMAT, **dict(schema.get("x-guidance") or {})}
-    return {**schema, "x-guidance": guidance}
+    return {**closed_schema(schema), "x-guidance": guidance}
+
+
+# Keywords whose values are JSON data, not schemas.
+_VALUE_KEYWORDS = frozenset({"const", "enum", "default", "examples", "x-guidance"})
+
+
+def closed_schema(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that lists properties.
+
+    As OpenAI's strict mode: constrained output never invents keys a schema does not declare
+    (JSON Schema allows them by default, and a small model would happily fill them in). An
+    object schema without ``properties`` (e.g. "any JSON object") stays open, and so does one
+    that sets ``additionalProperties`` itself.
+    """
+    if isinstance(schema, list):
+        return [closed_schema(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {
+        key: value if key in _VALUE_KEYWORDS else closed_schema(value)
+        for key, value in schema.items()
+    }
+    if isinstance(schema.get("properties"), Mapping):
+        # `properties` maps names to schemas: close each one, never treat the map as a schema.
+        out["properties"] = {k: closed_schema(v) for k, v in schema["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    return out
 
 
 def json_grammar(schema: Mapping[str, Any] | None = None) -> str:

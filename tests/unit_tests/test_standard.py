@@ -36,8 +36,19 @@ class TestChatSpeculativeThinkingScriptedIntegration(ChatModelIntegrationTests):
     """The standard integration suite end to end on scripted models (fast, known outputs).
 
     The same suite runs on the embedded real models in
-    ``tests/integration_tests/test_chat_embedded.py``.
+    ``tests/integration_tests/test_chat_embedded.py``. Tool calling and structured output are
+    off here: these tests ask questions (``magic_function(3)``, a joke about cats) whose right
+    answer a fixed script cannot contain, whatever the prompt says; they run on the embedded
+    models, and scripted tool calling is tested in ``test_tools_chat.py``.
     """
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
 
     @property
     def chat_model_class(self) -> type[ChatSpeculativeThinking]:
