@@ -17,13 +17,14 @@ from fractions import Fraction
 from typing import TypeAlias
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from langchain_spthink.errors import SpThinkError
 
 __all__ = [
     "CalculatorError",
     "CalculatorInput",
+    "EXPRESSION_PATTERN",
     "evaluate_arithmetic",
     "format_number",
     "make_calculator_tool",
@@ -204,11 +205,19 @@ def format_number(value: Number) -> str:
     return str(value)
 
 
+EXPRESSION_PATTERN = r"^(?:[0-9.,+\-*/^%() ]|sqrt|abs|round|min|max|floor|ceil)+$"
+"""What the tool's ``expression`` argument may contain (part of its JSON schema). Under
+constrained decoding the grammar follows it, so a small model cannot put prose in the call."""
+
+
 class CalculatorInput(BaseModel):
     """Arguments of the calculator tool."""
 
     expression: str = Field(
-        description="An arithmetic expression with numbers only, e.g. '16 - 3 - 4' or '9 * 2'."
+        description="An arithmetic expression with numbers only, e.g. '16 - 3 - 4' or '9 * 2'.",
+        pattern=EXPRESSION_PATTERN,
+        min_length=1,
+        max_length=200,
     )
 
 
@@ -219,11 +228,27 @@ def _calculate(expression: str) -> str:
         raise ToolException(f"error: {exc}") from None
 
 
+def _invalid_arguments(error: ValidationError) -> str:
+    problems = []
+    for e in error.errors():
+        where = ".".join(str(part) for part in e["loc"]) or "arguments"
+        if e["type"] == "string_pattern_mismatch":
+            problems.append(f"{where}: {e['input']!r} is not arithmetic")
+        else:
+            problems.append(f"{where}: {e['msg']}")
+    return (
+        "error: " + "; ".join(problems) + ". Call it with one argument, expression: numbers, "
+        "+ - * / ^ % ( ) and sqrt/abs/round/min/max/floor/ceil only."
+    )
+
+
 def make_calculator_tool(name: str = "calculator") -> BaseTool:
     """A LangChain tool that evaluates arithmetic with :func:`evaluate_arithmetic`.
 
-    A bad expression does not raise out of the tool: the tool returns ``"error: ..."`` (saying
-    what is wrong) as its result, so an agent sees it and can try again.
+    A bad expression or bad arguments do not raise out of the tool: the tool returns
+    ``"error: ..."`` (saying what is wrong) as its result, so an agent sees it and can try again.
+    The argument's JSON schema carries :data:`EXPRESSION_PATTERN`, so constrained decoding
+    keeps a model's call to arithmetic characters.
 
     Args:
         name: The tool's name.
@@ -240,4 +265,5 @@ def make_calculator_tool(name: str = "calculator") -> BaseTool:
         ),
         args_schema=CalculatorInput,
         handle_tool_error=True,
+        handle_validation_error=_invalid_arguments,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from fractions import Fraction
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from integrations.math_tools import (
+    EXPRESSION_PATTERN,
     CalculatorError,
     evaluate_arithmetic,
     format_number,
@@ -133,7 +135,42 @@ def test_tool_returns_results_and_errors() -> None:
     assert set(tool.args) == {"expression"}
     assert tool.invoke({"expression": "16 - 3 - 4"}) == "9"
     # a bad expression is the tool's result (the agent sees it), not an exception
-    assert tool.invoke({"expression": "eggs * 2"}).startswith("error: name 'eggs'")
+    assert tool.invoke({"expression": "x1 % 0"}).startswith("error: expression: 'x1 % 0' is not")
+    assert tool.invoke({"expression": "5 % 0"}) == "error: division by zero"
+    assert tool.invoke({"expr": "1"}).startswith("error: expression: Field required")
     call = {"name": "calculator", "args": {"expression": "9*2"}, "id": "c1", "type": "tool_call"}
     message = tool.invoke(call)
     assert message.content == "18" and message.tool_call_id == "c1"
+
+
+def test_schema_pattern_admits_arithmetic_only() -> None:
+    schema = make_calculator_tool().tool_call_schema.model_json_schema()
+    prop = schema["properties"]["expression"]
+    assert prop["pattern"] == EXPRESSION_PATTERN and prop["maxLength"] == 200
+    pattern = re.compile(EXPRESSION_PATTERN)
+    for ok in ["(16 - 3 - 4) * 2", "sqrt(2) + max(1, 2)", "2^10 % 7", "1,000.5 / 3"]:
+        assert pattern.match(ok)
+        evaluate_arithmetic(ok)  # and the evaluator takes it
+    for bad in ["eggs * 2", "__import__('os')", "16 - 3 = 13", "", "1\n2"]:
+        assert not pattern.match(bad)
+
+
+def test_tool_inside_a_tool_node() -> None:
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("tools", ToolNode([make_calculator_tool()]))
+    graph.add_edge(START, "tools")
+    node = graph.compile()
+    calls = [
+        {"name": "calculator", "args": {"expression": "(16 - 3 - 4) * 2"}, "id": "a"},
+        {"name": "calculator", "args": {"expression": "ducks * 2"}, "id": "b"},
+        {"name": "calculator", "args": {"expression": "1 / 0"}, "id": "c"},
+    ]
+    out = node.invoke({"messages": [AIMessage(content="", tool_calls=calls)]})["messages"][1:]
+    assert [m.tool_call_id for m in out] == ["a", "b", "c"]
+    assert out[0].content == "18" and out[0].status == "success"
+    assert "'ducks * 2' is not arithmetic" in out[1].content and out[1].status == "error"
+    assert out[2].content == "error: division by zero" and out[2].status == "error"
