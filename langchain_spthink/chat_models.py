@@ -28,10 +28,10 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import run_in_executor
 from pydantic import (
     Field,
     PrivateAttr,
@@ -61,8 +61,9 @@ from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import SpeculativeThinkingConfig
 from langchain_spthink.engine import Mode
 from langchain_spthink.loading import check_model_spec, clear_backend_cache, load_backend, spec_name
+from langchain_spthink.policies import DelegationPolicy
 from langchain_spthink.structured import ToolCallingMixin
-from langchain_spthink.tool_parsing import strict_tool_calls
+from langchain_spthink.tool_parsing import generate_strict
 
 __all__ = ["ChatSpeculativeThinking", "clear_backend_cache", "load_backend"]
 
@@ -151,6 +152,35 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         default=None,
         gt=0.0,
         description="Wall-clock cap of one large-model step in seconds; over it: fallback.",
+    )
+    policy: str | DelegationPolicy | None = Field(
+        default=None,
+        description=(
+            "Delegation policy: 'keyword' (the paper's cue words), 'judge' (the large model "
+            "scores each small draft 0-9), or any DelegationPolicy object. Default: config's."
+        ),
+    )
+    judge_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=9.0,
+        description="Judge policy: delegate drafts scored below this (0-9). Default: config's.",
+    )
+    max_large_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Cap on tokens the large model generates per request; once spent the request goes "
+            "on in small mode (a spthink_budget event says so)."
+        ),
+    )
+    max_reasoning_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Thinking budget: output tokens before the answer; when reached the reasoning is "
+            "closed and the model answers."
+        ),
     )
     small_chat_template: str | None = Field(
         default=None, description="Jinja chat template for the small model instead of its own."
@@ -389,9 +419,7 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return strict_tool_calls(
-            generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        )
+        return generate_strict(self._stream(messages, stop, run_manager, **kwargs))
 
     async def _agenerate(
         self,
@@ -400,6 +428,5 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return strict_tool_calls(
-            await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        )
+        chunks = [chunk async for chunk in self._astream(messages, stop, run_manager, **kwargs)]
+        return await run_in_executor(None, generate_strict, chunks)

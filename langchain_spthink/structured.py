@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from langchain_core.output_parsers import (
     BaseOutputParser,
@@ -236,6 +236,9 @@ class ToolCallingMixin:
     The model must read the call arguments ``tools``, ``tool_choice``, ``parallel_tool_calls``
     and ``response_format`` (see :func:`answer_format`).
     """
+
+    accepts_response_format: ClassVar[bool] = True
+    """Takes OpenAI-style ``response_format`` call arguments (read by the OpenAI server)."""
 
     def bind_tools(
         self,

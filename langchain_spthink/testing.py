@@ -12,7 +12,9 @@ Two tokenizers are available: ``"word"`` (words with their leading space; ``"\\n
 Constrained decoding works on scripted models too: :meth:`ScriptedBackend.constraint_tokenizer`
 gives llguidance the vocabulary as it stands (the script's pieces and every printable ASCII
 character are registered first), and a constrained session writes the scripted token when the
-constraint allows it, else the lowest allowed id.
+constraint allows it, else the allowed token that ends soonest: EOS, then a piece starting with
+``}`` or ``]``, then ``"``, then ``,`` or ``:``, then any other piece (lowest id first). So a
+script that strays from the grammar still reaches a complete JSON value in a few tokens.
 """
 
 from __future__ import annotations
@@ -270,7 +272,7 @@ class ScriptedSession:
             output = backend.decode(self._ids[self.prompt_len :])
             token = backend.vocab.id(backend.next_piece(output))
             if constraint is not None:
-                token = _constrained(constraint, token, len(backend.vocab.by_id))
+                token = _constrained(constraint, token, backend.vocab.by_id)
             backend.tokens_sampled += 1
             self._ids.append(token)
             if backend.on_token is not None:
@@ -282,15 +284,23 @@ class ScriptedSession:
         self.closed = True
 
 
-def _constrained(constraint: TokenConstraint, token: int, vocab: int) -> int:
-    """The scripted ``token`` if ``constraint`` allows it, else the lowest allowed id."""
-    logits = torch.zeros(vocab)
+def _fallback_rank(piece: str) -> int:
+    """How soon a piece ends a constrained value: EOS, then JSON closers, then the rest."""
+    if piece == EOS_TEXT:
+        return 0
+    first = piece[:1]
+    return 1 if first in "}]" else 2 if first == '"' else 3 if first in ",:" else 4
+
+
+def _constrained(constraint: TokenConstraint, token: int, pieces: Sequence[str]) -> int:
+    """The scripted ``token`` if ``constraint`` allows it, else the best-ranked allowed id."""
+    logits = torch.zeros(len(pieces))
     logits[token] = 1.0
     allowed = torch.isfinite(constraint.mask(logits))
     if not bool(allowed[token]):
-        found = allowed.nonzero()
-        if len(found) == 0:
+        found = [int(i) for i in allowed.nonzero().flatten()]
+        if not found:
             raise BackendError("the constraint allows no token of the scripted vocabulary")
-        token = int(found[0])
+        token = min(found, key=lambda i: (_fallback_rank(pieces[i]), i))
     constraint.accept(token)
     return token

@@ -21,13 +21,19 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from langchain_core.messages import AIMessage, InvalidToolCall, ToolCall
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    InvalidToolCall,
+    ToolCall,
+    message_chunk_to_message,
+)
 from langchain_core.messages.tool import invalid_tool_call, tool_call
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from langchain_spthink.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
@@ -37,8 +43,8 @@ __all__ = [
     "ToolCallStream",
     "finalize_tool_calls",
     "new_call_id",
+    "generate_strict",
     "parse_tool_calls",
-    "strict_tool_calls",
 ]
 
 _NAME = re.compile(r'"name"\s*:\s*"([^"\\]{1,200})"')
@@ -268,59 +274,64 @@ def parse_tool_calls(
     return ParsedAnswer(content, valid, invalid)  # type: ignore[arg-type]
 
 
-def finalize_tool_calls(message: AIMessage) -> AIMessage:
-    """Re-decide an aggregated message's tool calls strictly (no partial-JSON repair).
+def finalize_tool_calls(message: AIMessageChunk) -> AIMessage:
+    """The finished reply of an aggregated chunk, its tool calls decided strictly.
 
-    Streamed tool-call chunks are parsed leniently by LangChain when chunks are added (a
-    truncated JSON object is "repaired"); a finished reply must not turn a malformed call into a
-    valid one. A call is valid iff it has a name and its arguments are a JSON object.
+    LangChain parses streamed tool-call chunks leniently when chunks are added (a truncated
+    JSON object is "repaired"); a finished reply must not turn a malformed call into a valid
+    one. A call is valid iff it has a name and its arguments are a JSON object.
 
     Args:
         message: The reply aggregated from streamed chunks.
 
     Returns:
-        The message with ``tool_calls`` / ``invalid_tool_calls`` decided strictly (unchanged if it
-        has no tool-call chunks).
+        The message, with ``tool_calls`` / ``invalid_tool_calls`` decided strictly from its
+        tool-call chunks (as LangChain's conversion when it has none).
     """
-    chunks = getattr(message, "tool_call_chunks", None) or []
-    if not chunks:
-        return message
+    finished = message_chunk_to_message(message)
+    chunks = message.tool_call_chunks
+    if not chunks or not isinstance(finished, AIMessage):
+        return cast(AIMessage, finished)
     valid: list[ToolCall] = []
     invalid: list[InvalidToolCall] = []
     for chunk in chunks:
         name, raw, call_id = chunk.get("name"), chunk.get("args") or "", chunk.get("id")
+        args: Any = None
         try:
             args = json.loads(raw) if raw.strip() else {}
             error = None if isinstance(args, dict) else "the arguments are not a JSON object"
         except json.JSONDecodeError as exc:
-            args, error = None, f"the arguments are not valid JSON: {exc.msg}"
+            error = f"the arguments are not valid JSON: {exc.msg}"
         if not name:
             error = 'the tool call has no "name"'
         if error is None and isinstance(args, dict):
             valid.append(tool_call(name=str(name), args=args, id=call_id))
         else:
             invalid.append(invalid_tool_call(name=name, args=raw, id=call_id, error=error))
-    return AIMessage(
-        content=message.content,
-        additional_kwargs=message.additional_kwargs,
-        response_metadata=message.response_metadata,
-        id=message.id,
-        name=message.name,
-        usage_metadata=message.usage_metadata,
-        tool_calls=valid,
-        invalid_tool_calls=invalid,
+    return finished.model_copy(update={"tool_calls": valid, "invalid_tool_calls": invalid})
+
+
+def generate_strict(chunks: Iterable[ChatGenerationChunk]) -> ChatResult:
+    """``generate_from_stream`` with the tool calls decided by :func:`finalize_tool_calls`.
+
+    Raises:
+        ValueError: The stream has no chunks.
+    """
+    items = list(chunks)
+    if not items:
+        raise ValueError("No generations found in stream.")
+    generation = items[0]
+    if len(items) > 1:
+        generation += items[1:]
+    message = generation.message
+    finished = (
+        finalize_tool_calls(message)
+        if isinstance(message, AIMessageChunk)
+        else message_chunk_to_message(message)
     )
-
-
-def strict_tool_calls(result: ChatResult) -> ChatResult:
-    """A result aggregated from chunks, its tool calls decided by :func:`finalize_tool_calls`."""
-    generations = [
-        ChatGeneration(message=finalize_tool_calls(g.message), generation_info=g.generation_info)
-        if isinstance(g.message, AIMessage)
-        else g
-        for g in result.generations
-    ]
-    return ChatResult(generations=generations, llm_output=result.llm_output)
+    return ChatResult(
+        generations=[ChatGeneration(message=finished, generation_info=generation.generation_info)]
+    )
 
 
 Kind = Literal["reasoning", "content", "tool"]

@@ -16,6 +16,11 @@ Extensions to OpenAI's format (ignored by clients that do not know them):
   on the chunk carrying ``finish_reason``; on a non-streaming answer, the summary
   (``response_metadata["spthink"]`` of the chat model: delegations, per-model usage, large share);
 * request fields ``top_k`` and ``mode`` (``speculative`` | ``small`` | ``large``).
+
+``tools`` / ``tool_choice`` / ``parallel_tool_calls`` go to the model's ``bind_tools`` (answers
+carry OpenAI ``tool_calls``, streamed as ``delta.tool_calls``) and ``response_format``
+(``json_object`` / ``json_schema``) to the model's ``response_format`` call argument; a forced
+tool choice and JSON formats are decoded under a grammar, so they always parse.
 """
 
 from __future__ import annotations
@@ -300,6 +305,11 @@ def _supports_tools(model: BaseChatModel) -> bool:
     return type(model).bind_tools is not BaseChatModel.bind_tools
 
 
+def _supports_response_format(model: BaseChatModel) -> bool:
+    """Whether the model takes an OpenAI-style ``response_format`` call argument."""
+    return bool(getattr(model, "accepts_response_format", False))
+
+
 class _EventSink(AsyncCallbackHandler):
     """Collects the model's delegation / fallback custom events, in order."""
 
@@ -335,8 +345,11 @@ async def _items(
     runnable: Any = model
     tools = call.pop("tools", None)
     tool_choice = call.pop("tool_choice", None)
+    parallel = call.pop("parallel_tool_calls", None)
     if tools:
-        extra = {} if tool_choice is None else {"tool_choice": tool_choice}
+        extra: dict[str, Any] = {} if tool_choice is None else {"tool_choice": tool_choice}
+        if parallel is not None:
+            extra["parallel_tool_calls"] = parallel
         runnable = model.bind_tools(tools, **extra)
     stream = cast(
         AsyncGenerator[AIMessageChunk, None],
@@ -603,14 +616,17 @@ def create_app(
                 param=param,
                 code="max_tokens_too_large",
             )
-        if body.response_format is not None and body.response_format.type != "text":
-            raise APIError(
-                400,
-                f"response_format {body.response_format.type!r} is not supported yet; only 'text'",
-                param="response_format",
-                code="unsupported_parameter",
-            )
         call: dict[str, Any] = {"max_tokens": budget or default_budget}
+        if body.response_format is not None and body.response_format.type != "text":
+            if not _supports_response_format(chat_model):
+                raise APIError(
+                    400,
+                    f"response_format {body.response_format.type!r} is not supported by this "
+                    "model; only 'text'",
+                    param="response_format",
+                    code="unsupported_parameter",
+                )
+            call["response_format"] = body.response_format.model_dump(exclude_none=True)
         for name in ("temperature", "top_p", "top_k", "seed", "mode"):
             value = getattr(body, name)
             if value is not None:
@@ -632,6 +648,8 @@ def create_app(
             call["tools"] = body.tools
             if body.tool_choice is not None:
                 call["tool_choice"] = body.tool_choice
+            if body.parallel_tool_calls is not None:
+                call["parallel_tool_calls"] = body.parallel_tool_calls
         return call
 
     @app.post(

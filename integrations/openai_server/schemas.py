@@ -118,7 +118,10 @@ class StreamOptions(_Lenient):
 
 
 class ResponseFormat(_Lenient):
-    """``{"type": "text"}``; ``json_object`` / ``json_schema`` are refused until supported."""
+    """``text``, ``json_object`` (any JSON object) or ``json_schema`` (``{"name", "schema"}``).
+
+    JSON answers are decoded under a grammar (constrained decoding), so they always parse.
+    """
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
@@ -145,6 +148,7 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     mode: Literal["speculative", "small", "large"] | None = Field(
         default=None, description="Extension: run both models (default) or one alone."

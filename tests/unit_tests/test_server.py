@@ -385,27 +385,26 @@ def test_bad_json_and_openai_client_errors(deleg: Any) -> None:
     assert "limit" in str(info.value)
 
 
-def test_unsupported_tools_and_response_format(deleg: Any) -> None:
-    server, _, _ = deleg
-    tool = {
-        "type": "function",
-        "function": {"name": "add", "parameters": {"type": "object", "properties": {}}},
-    }
-    response = post(server, {"model": "spthink", "messages": USER, "tools": [tool]})
-    assert_openai_error(response, 400, "tools")
-    assert "not supported yet" in response.json()["error"]["message"]
-    # tool_choice "none": the tools are not used, the request runs
-    ok = post(
-        server, {"model": "spthink", "messages": USER, "tools": [tool], "tool_choice": "none"}
-    )
-    assert ok.status_code == 200
-    response = post(
-        server,
-        {"model": "spthink", "messages": USER, "response_format": {"type": "json_object"}},
-    )
-    assert_openai_error(response, 400, "response_format")
-    ok = post(server, {"model": "spthink", "messages": USER, "response_format": {"type": "text"}})
-    assert ok.status_code == 200
+def test_tools_and_response_format_refused_by_a_model_without_them() -> None:
+    with serving(create_app(PlainModel(), model_id="plain")) as server:
+        tool = {
+            "type": "function",
+            "function": {"name": "add", "parameters": {"type": "object", "properties": {}}},
+        }
+        response = post(server, {"model": "plain", "messages": USER, "tools": [tool]})
+        assert_openai_error(response, 400, "tools")
+        # tool_choice "none": the tools are not used, the request runs
+        ok = post(
+            server, {"model": "plain", "messages": USER, "tools": [tool], "tool_choice": "none"}
+        )
+        assert ok.status_code == 200
+        response = post(
+            server,
+            {"model": "plain", "messages": USER, "response_format": {"type": "json_object"}},
+        )
+        assert_openai_error(response, 400, "response_format")
+        ok = post(server, {"model": "plain", "messages": USER, "response_format": {"type": "text"}})
+        assert ok.status_code == 200
 
 
 def test_tool_messages_in_history(deleg: Any) -> None:
@@ -610,12 +609,21 @@ def test_free_port_helper_is_loopback() -> None:
             pass
 
 
-# ------------------------------------------------------- tools, once bind_tools exists
-class ToolingSpThink(ChatSpeculativeThinking):
-    """Stand-in for the model once issue 5 lands: bind_tools passes the tools per call."""
+# ------------------------------------------------------------------------------ tools
+class PlainModel(BaseChatModel):
+    """A chat model without tools or response_format: the server refuses them for it."""
 
-    def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kw: Any) -> Any:
-        return self.bind(tools=tools, tool_choice=tool_choice)
+    @property
+    def _llm_type(self) -> str:
+        return "plain"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        raise NotImplementedError
+
+    async def _astream(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> Any:
+        yield ChatGenerationChunk(message=AIMessageChunk(content="4"))
 
 
 class ToolCaller(BaseChatModel):
@@ -673,15 +681,93 @@ ADD_TOOL = {
 }
 
 
-def test_tools_pass_through_when_bind_tools_exists() -> None:
+def test_tools_pass_through_to_bind_tools() -> None:
     small = ScriptedBackend(PLAIN, name="small-fake")
-    model = ToolingSpThink(small_model=small, large_model=small, mode="small", temperature=0)
+    model = ChatSpeculativeThinking(
+        small_model=small, large_model=small, mode="small", temperature=0
+    )
     with serving(create_app(model)) as server:
         reply = client(server).chat.completions.create(
             model="spthink", messages=USER, tools=[ADD_TOOL], tool_choice="auto"
         )
-        assert reply.choices[0].message.content
+        # The script writes no call: the text is the answer, no tool_calls.
+        assert reply.choices[0].message.content == "".join(PLAIN)
+        assert reply.choices[0].message.tool_calls is None
         assert small.last_prompt.startswith("tools: add")
+
+
+CALL_SCRIPT = ['I will add. <tool_call>{"name": "add", "arguments": {"a": 2, "b": 2}}</tool_call>']
+
+
+def test_scripted_tool_call_in_openai_format_streamed_and_not() -> None:
+    small = ScriptedBackend(CALL_SCRIPT, name="small-fake")
+    model = ChatSpeculativeThinking(
+        small_model=small, large_model=small, mode="small", temperature=0, max_tokens=64
+    )
+    with serving(create_app(model)) as server:
+        c = client(server)
+        reply = c.chat.completions.create(model="spthink", messages=USER, tools=[ADD_TOOL])
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content == "I will add."
+        (call,) = choice.message.tool_calls or []
+        assert call.function.name == "add" and call.id.startswith("call_")
+        assert json.loads(call.function.arguments) == {"a": 2, "b": 2}
+        chunks = list(
+            c.chat.completions.create(model="spthink", messages=USER, tools=[ADD_TOOL], stream=True)
+        )
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        deltas = [d for ch in chunks if ch.choices for d in ch.choices[0].delta.tool_calls or []]
+        assert text == "I will add."
+        assert [d.function.name for d in deltas if d.function and d.function.name] == ["add"]
+        args = "".join(d.function.arguments or "" for d in deltas if d.function)
+        assert json.loads(args) == {"a": 2, "b": 2}
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"
+
+
+def test_forced_tool_choice_and_json_schema_are_constrained() -> None:
+    # The script writes prose: only the grammar makes these answers a call / a JSON object.
+    small = ScriptedBackend(["Four, I think. It is simple."], name="small-fake")
+    model = ChatSpeculativeThinking(
+        small_model=small, large_model=small, mode="small", temperature=0, max_tokens=200
+    )
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["answer"],
+    }
+    with serving(create_app(model)) as server:
+        c = client(server)
+        reply = c.chat.completions.create(
+            model="spthink",
+            messages=USER,
+            tools=[ADD_TOOL],
+            tool_choice={"type": "function", "function": {"name": "add"}},
+        )
+        (call,) = reply.choices[0].message.tool_calls or []
+        args = json.loads(call.function.arguments)
+        assert call.function.name == "add" and set(args) == {"a", "b"}
+        assert all(isinstance(v, (int, float)) for v in args.values())
+        reply = c.chat.completions.create(
+            model="spthink",
+            messages=USER,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema},
+            },
+        )
+        value = json.loads(reply.choices[0].message.content or "")
+        assert set(value) == {"answer"} and 0 <= value["answer"] <= 9
+        reply = c.chat.completions.create(
+            model="spthink", messages=USER, response_format={"type": "json_object"}
+        )
+        assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+        response = post(
+            server,
+            {"model": "spthink", "messages": USER, "tools": [ADD_TOOL], "tool_choice": "mul"},
+        )
+        assert_openai_error(response, 400)
+        assert "mul" in response.json()["error"]["message"]
 
 
 def test_tool_calls_in_openai_format() -> None:
