@@ -18,6 +18,7 @@ from langchain_spthink._runs import RUN_KEY
 from langchain_spthink.config import SpeculativeThinkingConfig, preset
 from langchain_spthink.engine import Mode
 from langchain_spthink.errors import ConfigError, InvalidRequestError
+from langchain_spthink.policies import DelegationPolicy
 from langchain_spthink.structured import AnswerFormat, answer_format
 
 __all__ = [
@@ -39,6 +40,9 @@ _CONFIG_FIELDS = (
     ("timeout", "time_out"),
     ("large_step_timeout", "large_step_timeout"),
     ("fallback", "fallback"),
+    ("judge_threshold", "judge_threshold"),
+    ("max_large_tokens", "max_large_tokens"),
+    ("max_reasoning_tokens", "max_reasoning_tokens"),
 )
 CONFIG_KNOBS = tuple(name for name, _ in _CONFIG_FIELDS)
 """Chat-model fields (and call arguments) that set a field of the speculative-thinking config."""
@@ -54,6 +58,10 @@ _CALL_KWARGS = frozenset(
         "timeout",
         "large_step_timeout",
         "fallback",
+        "policy",
+        "judge_threshold",
+        "max_large_tokens",
+        "max_reasoning_tokens",
         "tools",
         "tool_choice",
         "parallel_tool_calls",
@@ -77,11 +85,32 @@ class CallSettings:
     stop: tuple[str, ...]
     seed: int | None
     answer: AnswerFormat
+    policy: DelegationPolicy | None = None
 
     @property
     def tools(self) -> list[dict[str, Any]] | None:
         """The bound tools (OpenAI tool dicts)."""
         return self.answer.tools
+
+    @property
+    def policy_name(self) -> str:
+        """The delegation policy, named: a built-in's config name or a custom policy's class."""
+        return type(self.policy).__name__ if self.policy is not None else self.config.policy
+
+
+def _policy(
+    value: Any, config: SpeculativeThinkingConfig
+) -> tuple[SpeculativeThinkingConfig, DelegationPolicy | None]:
+    """Apply a ``policy`` setting: a built-in's name goes into the config, an object is kept."""
+    if value is None:
+        return config, None
+    if isinstance(value, str):
+        return config.with_updates(policy=value), None
+    if isinstance(value, DelegationPolicy):
+        return config, value
+    raise InvalidRequestError(
+        f"policy must be 'keyword', 'judge' or a DelegationPolicy, got {type(value).__name__}"
+    )
 
 
 def _with_knobs(
@@ -191,6 +220,10 @@ def resolve_call(
     if call_mode not in _MODES:
         raise InvalidRequestError(f"mode must be one of {list(_MODES)}, got {call_mode!r}")
     call_config = _with_knobs(model.effective_config, kwargs)
+    call_policy = kwargs.get("policy")
+    call_config, policy = _policy(
+        getattr(model, "policy", None) if call_policy is None else call_policy, call_config
+    )
     budget = kwargs.get("max_tokens")
     budget = model.max_tokens if budget is None else budget
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
@@ -216,6 +249,7 @@ def resolve_call(
         stop=tuple(stops),
         seed=model.seed if call_seed is None else call_seed,
         answer=answer,
+        policy=policy,
     )
 
 

@@ -26,10 +26,11 @@ from langchain_core.outputs import ChatGenerationChunk
 from langchain_spthink._runs import CustomEvent
 from langchain_spthink._settings import CallSettings
 from langchain_spthink.backends.base import Backend
-from langchain_spthink.callbacks import DELEGATION_EVENT, FALLBACK_EVENT
+from langchain_spthink.callbacks import BUDGET_EVENT, DELEGATION_EVENT, FALLBACK_EVENT
 from langchain_spthink.constraints import grammar_factory
 from langchain_spthink.engine import Request, Role, SpeculativeEngine
 from langchain_spthink.events import (
+    BudgetEvent,
     DelegationEvent,
     Event,
     FallbackEvent,
@@ -224,6 +225,7 @@ def reply_items(
         # The reasoning stays free; the answer after it is decoded under the grammar.
         constraint=grammar_factory(grammar) if grammar is not None else None,
         answer_marker=REASONING_CLOSE if in_reasoning else None,
+        policy=call.policy,
     )
     splitter = ReasoningSplitter(in_reasoning=in_reasoning, close_tag=REASONING_CLOSE)
     events = cast(Generator[Event, None, None], engine.generate(request))
@@ -278,15 +280,25 @@ def _items_of_events(
 ) -> Iterator[Item]:
     """The engine's events as chunks and custom events (see :class:`_Emitter`)."""
     # The delegations and fallbacks so far, by custom-event name (listed in the metadata).
-    recorded: dict[str, list[dict[str, Any]]] = {DELEGATION_EVENT: [], FALLBACK_EVENT: []}
+    recorded: dict[str, list[dict[str, Any]]] = {
+        DELEGATION_EVENT: [],
+        FALLBACK_EVENT: [],
+        BUDGET_EVENT: [],
+    }
     answer = AnswerParser(call.answer.choice.names if call.answer.parse_tools else None)
     for event in events:
         if isinstance(event, TextEvent):
             for part, text in splitter.feed(event.text):
                 for kind, piece in answer.feed(part, text):
                     yield from emitter.piece(kind, piece)
-        elif isinstance(event, (DelegationEvent, FallbackEvent)):
-            name = DELEGATION_EVENT if isinstance(event, DelegationEvent) else FALLBACK_EVENT
+        elif isinstance(event, (DelegationEvent, FallbackEvent, BudgetEvent)):
+            name = (
+                DELEGATION_EVENT
+                if isinstance(event, DelegationEvent)
+                else FALLBACK_EVENT
+                if isinstance(event, FallbackEvent)
+                else BUDGET_EVENT
+            )
             data = asdict(event)
             recorded[name].append(data)
             yield from emitter.custom(CustomEvent(name, dict(data)))
@@ -304,9 +316,7 @@ def _items_of_events(
                     "reasoning": _reasoning_tokens(primary, splitter, event, emitter.content_seen)
                 },
             )
-            metadata = _finish_metadata(
-                call, event, names, recorded[DELEGATION_EVENT], recorded[FALLBACK_EVENT]
-            )
+            metadata = _finish_metadata(call, event, names, recorded)
             if answer.valid_calls and metadata["finish_reason"] == "stop":
                 metadata["finish_reason"] = "tool_calls"
             yield from emitter.finish(usage, metadata)
@@ -316,8 +326,7 @@ def _finish_metadata(
     call: CallSettings,
     finish: FinishEvent,
     names: ModelNames,
-    delegations: list[dict[str, Any]],
-    fallbacks: list[dict[str, Any]],
+    recorded: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     return {
         "model_name": names.reported(call.mode),
@@ -334,8 +343,11 @@ def _finish_metadata(
             "large_share": finish.large_share,
             "small_usage": asdict(finish.small),
             "large_usage": asdict(finish.large),
-            "delegations": delegations,
-            "fallbacks": fallbacks,
+            "delegations": recorded[DELEGATION_EVENT],
+            "fallbacks": recorded[FALLBACK_EVENT],
+            "budget_events": recorded[BUDGET_EVENT],
+            "budgets": dict(finish.budgets),
+            "policy": call.policy_name,
             "seconds": finish.seconds,
             "extra": dict(finish.extra),
         },

@@ -21,9 +21,10 @@ from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
-from langchain_spthink.events import DelegationEvent, FallbackEvent
+from langchain_spthink.events import BudgetEvent, DelegationEvent, FallbackEvent
 
 __all__ = [
+    "BUDGET_EVENT",
     "DELEGATION_EVENT",
     "FALLBACK_EVENT",
     "AsyncSpeculativeThinkingCallbackHandler",
@@ -37,13 +38,17 @@ DELEGATION_EVENT = "spthink_delegation"
 FALLBACK_EVENT = "spthink_fallback"
 """Name of the custom event carrying a :class:`~langchain_spthink.events.FallbackEvent`."""
 
-_TYPES: dict[str, type[DelegationEvent] | type[FallbackEvent]] = {
+BUDGET_EVENT = "spthink_budget"
+"""Name of the custom event carrying a :class:`~langchain_spthink.events.BudgetEvent`."""
+
+_TYPES: dict[str, type[DelegationEvent] | type[FallbackEvent] | type[BudgetEvent]] = {
     DELEGATION_EVENT: DelegationEvent,
     FALLBACK_EVENT: FallbackEvent,
+    BUDGET_EVENT: BudgetEvent,
 }
 
 
-def event_from_custom(name: str, data: Any) -> DelegationEvent | FallbackEvent | None:
+def event_from_custom(name: str, data: Any) -> DelegationEvent | FallbackEvent | BudgetEvent | None:
     """Rebuild the typed event of a ``spthink_*`` custom event.
 
     Args:
@@ -87,12 +92,14 @@ class SpeculativeThinkingCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Route ``spthink_*`` custom events to :meth:`on_delegation` / :meth:`on_fallback`."""
+        """Route ``spthink_*`` custom events to the typed hooks below."""
         event = event_from_custom(name, data)
         if isinstance(event, DelegationEvent):
             self.on_delegation(event, run_id=run_id, tags=tags, metadata=metadata)
         elif isinstance(event, FallbackEvent):
             self.on_fallback(event, run_id=run_id, tags=tags, metadata=metadata)
+        elif isinstance(event, BudgetEvent):
+            self.on_budget(event, run_id=run_id, tags=tags, metadata=metadata)
 
     def on_delegation(
         self,
@@ -132,6 +139,26 @@ class SpeculativeThinkingCallbackHandler(BaseCallbackHandler):
             **kwargs: Reserved for future use.
         """
 
+    def on_budget(
+        self,
+        event: BudgetEvent,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Called once when a per-request budget ran out.
+
+        Args:
+            event: Which budget (``max_large_tokens`` / ``max_reasoning_tokens``), its limit,
+                what was spent and where.
+            run_id: Run id of the chat model call.
+            tags: The run's tags.
+            metadata: The run's metadata.
+            **kwargs: Reserved for future use.
+        """
+
 
 class AsyncSpeculativeThinkingCallbackHandler(AsyncCallbackHandler):
     """Async variant of :class:`SpeculativeThinkingCallbackHandler`."""
@@ -146,12 +173,14 @@ class AsyncSpeculativeThinkingCallbackHandler(AsyncCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Route ``spthink_*`` custom events to :meth:`on_delegation` / :meth:`on_fallback`."""
+        """Route ``spthink_*`` custom events to the typed hooks below."""
         event = event_from_custom(name, data)
         if isinstance(event, DelegationEvent):
             await self.on_delegation(event, run_id=run_id, tags=tags, metadata=metadata)
         elif isinstance(event, FallbackEvent):
             await self.on_fallback(event, run_id=run_id, tags=tags, metadata=metadata)
+        elif isinstance(event, BudgetEvent):
+            await self.on_budget(event, run_id=run_id, tags=tags, metadata=metadata)
 
     async def on_delegation(
         self,
@@ -174,3 +203,14 @@ class AsyncSpeculativeThinkingCallbackHandler(AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Called when a request left speculative mode (see the sync handler)."""
+
+    async def on_budget(
+        self,
+        event: BudgetEvent,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Called once when a per-request budget ran out (see the sync handler)."""

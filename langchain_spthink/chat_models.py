@@ -28,10 +28,10 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import run_in_executor
 from pydantic import (
     Field,
     PrivateAttr,
@@ -63,7 +63,7 @@ from langchain_spthink.engine import Mode
 from langchain_spthink.loading import check_model_spec, clear_backend_cache, load_backend, spec_name
 from langchain_spthink.policies import DelegationPolicy
 from langchain_spthink.structured import ToolCallingMixin
-from langchain_spthink.tool_parsing import generate_strict
+from langchain_spthink.tool_parsing import strict_tool_calls
 
 __all__ = ["ChatSpeculativeThinking", "clear_backend_cache", "load_backend"]
 
@@ -153,7 +153,7 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         gt=0.0,
         description="Wall-clock cap of one large-model step in seconds; over it: fallback.",
     )
-    policy: str | DelegationPolicy | None = Field(
+    policy: Literal["keyword", "judge"] | DelegationPolicy | None = Field(
         default=None,
         description=(
             "Delegation policy: 'keyword' (the paper's cue words), 'judge' (the large model "
@@ -419,7 +419,9 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return generate_strict(self._stream(messages, stop, run_manager, **kwargs))
+        return strict_tool_calls(
+            generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        )
 
     async def _agenerate(
         self,
@@ -428,5 +430,6 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        chunks = [chunk async for chunk in self._astream(messages, stop, run_manager, **kwargs)]
-        return await run_in_executor(None, generate_strict, chunks)
+        return strict_tool_calls(
+            await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        )
