@@ -28,10 +28,10 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import run_in_executor
 from pydantic import (
     Field,
     PrivateAttr,
@@ -63,7 +63,7 @@ from langchain_spthink.engine import Mode
 from langchain_spthink.loading import check_model_spec, clear_backend_cache, load_backend, spec_name
 from langchain_spthink.policies import DelegationPolicy
 from langchain_spthink.structured import ToolCallingMixin
-from langchain_spthink.tool_parsing import strict_tool_calls
+from langchain_spthink.tool_parsing import generate_strict
 
 __all__ = ["ChatSpeculativeThinking", "clear_backend_cache", "load_backend"]
 
@@ -419,9 +419,7 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return strict_tool_calls(
-            generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        )
+        return generate_strict(self._stream(messages, stop, run_manager, **kwargs))
 
     async def _agenerate(
         self,
@@ -430,6 +428,5 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return strict_tool_calls(
-            await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        )
+        chunks = [chunk async for chunk in self._astream(messages, stop, run_manager, **kwargs)]
+        return await run_in_executor(None, generate_strict, chunks)
