@@ -85,10 +85,7 @@ def _one_call(obj: Any, raw: str, new_id: Callable[[], str]) -> Call:
             pass
     if not isinstance(name, str) or not name:
         return invalid_tool_call(
-            name=None,
-            args=json.dumps(args, ensure_ascii=False) if isinstance(args, dict) else raw,
-            id=new_id(),
-            error='the tool call has no "name"',
+            name=None, args=raw, id=new_id(), error='the tool call has no "name"'
         )
     if not isinstance(args, dict):
         return invalid_tool_call(
@@ -155,7 +152,9 @@ class ToolCallStream:
     certainly answer text and ``("call", ToolCall | InvalidToolCall)`` for each complete call.
     Held back: a possible start of ``<tool_call>``, trailing whitespace (dropped if a call
     follows), everything from ``<tool_call>`` until its close, and a whole answer that starts
-    with ``{``, ``[`` or a fence while it may still be a plain-JSON call.
+    with ``{``, ``[`` or a fence while it may still be a plain-JSON call. Whitespace between
+    calls, before the first text after calls and at the end of an answer with calls is dropped;
+    an answer without calls is passed through unchanged.
 
     Args:
         names: The bound tools' names (a plain-JSON answer must name one of them).
@@ -167,6 +166,7 @@ class ToolCallStream:
     _buf: str = ""
     _mode: Literal["start", "text", "call", "json"] = "start"
     _calls: int = field(default=0)
+    _emitted: bool = False  # some answer text went out
 
     @property
     def calls(self) -> int:
@@ -174,8 +174,11 @@ class ToolCallStream:
         return self._calls
 
     def _text(self, out: list[Piece], text: str) -> None:
+        if self._calls and not self._emitted:
+            text = text.lstrip()  # the answer text starts after the calls
         if text:
             out.append(("text", text))
+            self._emitted = True
 
     def _found(self, out: list[Piece], calls: list[Call]) -> None:
         self._calls += len(calls)
@@ -216,7 +219,7 @@ class ToolCallStream:
                 if end < 0:
                     return out
                 self._found(out, _calls_of_block(self._buf[:end], self.new_id))
-                self._buf = self._buf[end + len(TOOL_CALL_CLOSE) :].lstrip()
+                self._buf = self._buf[end + len(TOOL_CALL_CLOSE) :]
                 self._mode = "text"
 
     def flush(self) -> list[Piece]:
@@ -236,9 +239,9 @@ class ToolCallStream:
             if calls is not None:
                 self._found(out, calls)
             else:
-                self._text(out, buf.strip())
-        elif self._calls == 0 or buf.strip():
-            self._text(out, buf if self._calls == 0 else buf.strip())
+                self._text(out, buf)
+        else:
+            self._text(out, buf.rstrip() if self._calls else buf)
         self._mode = "text"
         return out
 

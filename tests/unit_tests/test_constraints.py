@@ -1,0 +1,351 @@
+"""Constrained decoding: the llguidance grammar constraint, and every backend honouring it.
+
+The property tests sample at temperature 1 from tiny *random-weight* models with the real SmolLM2
+tokenizer (49152 ids): the model itself has no idea of JSON, so a valid, schema-conforming output
+every time is the mask's doing. Validation is independent of the grammar: pydantic models.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from langchain_spthink.backends.remote import RemoteBackend
+from langchain_spthink.backends.transformers import TransformersBackend
+from langchain_spthink.constraints import (
+    GrammarConstraint,
+    TokenConstraint,
+    closed_schema,
+    grammar_factory,
+    json_grammar,
+    llg_tokenizer,
+    tool_call_grammar,
+)
+from langchain_spthink.errors import BackendError, InvalidRequestError
+from langchain_spthink.sampling import SamplingParams
+from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.tool_parsing import parse_tool_calls
+from langchain_spthink.tools import to_openai_tools
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Person(_Strict):
+    name: str = Field(max_length=8)
+    age: int = Field(ge=0, le=120)
+    tags: list[Literal["a", "b", "c"]] = Field(max_length=3)
+
+
+class Point(_Strict):
+    x: int = Field(ge=-10, le=10)
+    y: int = Field(ge=-10, le=10)
+
+
+class Shape(_Strict):
+    kind: Literal["dot", "line"]
+    points: list[Point] = Field(min_length=1, max_length=2)
+    label: str | None = Field(default=None, max_length=5)
+    filled: bool
+
+
+class Flags(_Strict):
+    """Optional fields only: the grammar may close the object at once."""
+
+    on: bool | None = None
+    level: Literal[1, 2, 3] | None = None
+
+
+SCHEMAS: list[type[BaseModel]] = [Person, Shape, Flags]
+
+
+# ------------------------------------------------------------------------ closed schemas
+def test_closed_schema_closes_every_object_with_properties() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"x": {"type": "integer"}}},
+            "free": {"type": "object"},
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},
+        },
+        "$defs": {"A": {"type": "object", "properties": {"a": {}}}},
+        "default": {"properties": {"kept": 1}},
+    }
+    closed = closed_schema(schema)
+    assert closed["additionalProperties"] is False
+    inner = closed["properties"]["properties"]
+    assert inner["additionalProperties"] is False and inner["properties"] == {
+        "x": {"type": "integer"}
+    }
+    assert "additionalProperties" not in closed["properties"]["free"]  # any object stays any
+    assert closed["properties"]["open"]["additionalProperties"] is True
+    assert closed["$defs"]["A"]["additionalProperties"] is False
+    assert closed["default"] == {"properties": {"kept": 1}}  # data, not a schema
+    assert "additionalProperties" not in schema  # the input is not modified
+
+
+# ------------------------------------------------------------------ the grammar constraint
+def tokenizer_backend(tiny_pair: tuple[Any, Any]) -> TransformersBackend:
+    backend: TransformersBackend = tiny_pair[0]
+    return backend
+
+
+def allowed_ids(constraint: GrammarConstraint) -> set[int]:
+    return {int(i) for i in constraint.allowed().nonzero().flatten()}
+
+
+def test_eos_is_allowed_exactly_when_the_json_is_complete(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tokenizer_backend(tiny_pair)
+    (eos,) = backend.eos_ids
+    constraint = grammar_factory(json_grammar(Point.model_json_schema()))(backend)
+    text = '{"x": 3, "y": -2}'
+    for token in backend.encode(text):
+        assert eos not in allowed_ids(constraint)
+        assert not constraint.done
+        constraint.accept(token)
+    assert constraint.accepting and constraint.done
+    assert allowed_ids(constraint) == {eos}
+
+
+def test_done_waits_while_the_value_can_still_grow(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tokenizer_backend(tiny_pair)
+    (eos,) = backend.eos_ids
+    constraint = grammar_factory(json_grammar({"type": "integer"}))(backend)
+    for token in backend.encode("12"):
+        constraint.accept(token)
+    assert constraint.accepting and not constraint.done  # "123" is still possible
+    assert eos in allowed_ids(constraint)
+
+
+def test_mask_sets_forbidden_ids_to_minus_infinity(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tokenizer_backend(tiny_pair)
+    constraint = grammar_factory(json_grammar({"enum": ["yes", "no"]}))(backend)
+    vocab = len(backend.tokenizer)
+    logits = torch.randn(vocab + 64)  # an embedding padded past the tokenizer
+    masked = constraint.mask(logits)
+    allowed = torch.isfinite(masked)
+    assert not bool(allowed[vocab:].any())
+    assert {backend.decode([int(i)]) for i in allowed.nonzero().flatten()} <= {
+        '"',
+        '"y',
+        '"n',
+        '"yes',
+        '"no',
+        '"yes"',
+        '"no"',
+    }
+    assert torch.equal(masked[allowed], logits[allowed])  # allowed logits are untouched
+
+
+def test_accepting_a_forbidden_token_raises(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tokenizer_backend(tiny_pair)
+    constraint = grammar_factory(json_grammar(Point.model_json_schema()))(backend)
+    with pytest.raises(BackendError, match="not allowed"):
+        constraint.accept(backend.encode("hello")[0])
+
+
+def test_an_unsupported_schema_is_a_clear_request_error(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tokenizer_backend(tiny_pair)
+    with pytest.raises(InvalidRequestError, match="grammar is invalid"):
+        grammar_factory(json_grammar({"type": "no-such-type"}))(backend)
+    with pytest.raises(InvalidRequestError, match="must be a dict"):
+        json_grammar(["not", "a", "schema"])  # type: ignore[arg-type]
+
+
+def test_the_llguidance_tokenizer_is_built_once_per_backend(tiny_pair: tuple[Any, Any]) -> None:
+    small, large = tiny_pair
+    assert llg_tokenizer(small) is llg_tokenizer(small)
+    assert llg_tokenizer(large) is not llg_tokenizer(small)
+
+
+def test_remote_models_cannot_be_constrained(smol_tokenizer: Any) -> None:
+    remote = RemoteBackend("http://127.0.0.1:9/v1", "m", tokenizer=smol_tokenizer, max_retries=0)
+    with pytest.raises(InvalidRequestError, match="needs a local model"):
+        grammar_factory(json_grammar())(remote)
+    session = remote.new_session([1, 2, 3], SamplingParams(temperature=0))
+    dummy: Any = object()
+    with pytest.raises(InvalidRequestError, match="needs a local model"):
+        session.stream(4, constraint=dummy)  # raised before any request is sent
+
+
+# ------------------------------------------------------------- property: always valid
+def run_constrained(
+    backend: TransformersBackend, grammar: str, seed: int, max_new: int = 300
+) -> tuple[str, bool]:
+    """Sample under the grammar until EOS or done: (text, finished)."""
+    constraint = grammar_factory(grammar)(backend)
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, seed=seed)
+    session = backend.new_session(backend.encode("Answer:"), sampling)
+    out: list[int] = []
+    finished = False
+    for token in session.stream(max_new, constraint=constraint):
+        if token in backend.eos_ids:
+            finished = True
+            break
+        out.append(token)
+        if constraint.done:
+            finished = True
+            break
+    session.close()
+    return backend.decode(out), finished
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    schema=st.sampled_from(SCHEMAS),
+    seed=st.integers(0, 2**31 - 1),
+    role=st.sampled_from([0, 1]),
+)
+def test_constrained_json_always_parses_and_validates(
+    tiny_pair: tuple[Any, Any], schema: type[BaseModel], seed: int, role: int
+) -> None:
+    backend = tiny_pair[role]
+    text, finished = run_constrained(backend, json_grammar(schema.model_json_schema()), seed)
+    assert finished, f"no complete value within the budget: {text!r}"
+    schema.model_validate(json.loads(text))  # raises if invalid
+
+
+class AddArgs(_Strict):
+    a: int = Field(ge=0, le=99)
+    b: int = Field(ge=0, le=99)
+
+
+class LookupArgs(_Strict):
+    term: str = Field(max_length=6)
+    exact: bool | None = None
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add.",
+            "parameters": AddArgs.model_json_schema(),
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look up.",
+            "parameters": LookupArgs.model_json_schema(),
+        },
+    },
+]
+ARGS = {"add": AddArgs, "lookup": LookupArgs}
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    names=st.sampled_from([("add",), ("lookup",), ("add", "lookup")]),
+)
+def test_forced_tool_calls_always_parse_into_one_valid_call(
+    tiny_pair: tuple[Any, Any], seed: int, names: tuple[str, ...]
+) -> None:
+    backend = tiny_pair[0]
+    text, finished = run_constrained(
+        backend, tool_call_grammar(to_openai_tools(TOOLS), names), seed
+    )
+    assert finished, text
+    parsed = parse_tool_calls(text, names)
+    assert parsed.content == "" and parsed.invalid_tool_calls == []
+    (call,) = parsed.tool_calls
+    assert call["name"] in names
+    ARGS[call["name"]].model_validate(call["args"])
+
+
+def test_parallel_tool_calls_allow_several_calls(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tiny_pair[0]
+    grammar = tool_call_grammar(to_openai_tools(TOOLS), ("add",), parallel=True)
+    constraint = grammar_factory(grammar)(backend)
+    one = '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+    for token in backend.encode(one + "\n" + one):
+        constraint.accept(token)
+    assert constraint.accepting
+    single = grammar_factory(tool_call_grammar(to_openai_tools(TOOLS), ("add",)))(backend)
+    for token in backend.encode(one):
+        single.accept(token)
+    assert single.done  # exactly one call: nothing may follow
+
+
+def test_any_json_object_mode(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tiny_pair[0]
+    constraint = grammar_factory(json_grammar())(backend)
+    (eos,) = backend.eos_ids
+    first = {backend.decode([i]) for i in allowed_ids(constraint)}
+    assert first and all(t.startswith("{") for t in first)  # an object, nothing else
+    for token in backend.encode('{"any": [1, {"thing": null}], "goes": "x"}'):
+        assert eos not in allowed_ids(constraint)
+        constraint.accept(token)
+    assert eos in allowed_ids(constraint)
+    # Sampled (an open object can run long, so a short budget; when it ends it is an object).
+    text, finished = run_constrained(backend, json_grammar(), seed=0, max_new=60)
+    if finished:
+        assert isinstance(TypeAdapter(dict[str, Any]).validate_json(text), dict)
+
+
+# ------------------------------------------------------------------ scripted sessions
+class OnlyPieces:
+    """A small test constraint over the scripted vocabulary: only these pieces (and EOS)."""
+
+    def __init__(self, backend: ScriptedBackend, pieces: set[str], limit: int) -> None:
+        self.backend, self.pieces, self.limit, self.seen = backend, pieces, limit, 0
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        names = self.backend.vocab.by_id
+        keep = torch.tensor(
+            [i < len(names) and (names[i] in self.pieces) for i in range(len(logits))]
+        )
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def accept(self, token: int) -> None:
+        self.seen += 1
+
+    @property
+    def done(self) -> bool:
+        return self.seen >= self.limit
+
+
+def test_scripted_sessions_take_the_script_when_allowed_else_the_best_ranked() -> None:
+    backend = ScriptedBackend(["abc"], tokenizer="char")
+    for piece in "abcz}":
+        backend.vocab.id(piece)
+    constraint = OnlyPieces(backend, {"a", "c", "z", "}"}, limit=4)
+    assert isinstance(constraint, TokenConstraint)
+    session = backend.new_session(backend.encode("q:"), SamplingParams(temperature=0))
+    written = [backend.vocab.by_id[t] for t in session.stream(4, constraint=constraint)]
+    # "b" is forbidden: a closer ("}") ranks before other pieces; the script goes on at its
+    # own offset ("c"); then its EOS is forbidden too.
+    assert written == ["a", "}", "c", "}"]
+
+
+def test_scripted_session_with_nothing_allowed_raises() -> None:
+    backend = ScriptedBackend(["alpha"])
+    session = backend.new_session(backend.encode("q:"), SamplingParams(temperature=0))
+    with pytest.raises(BackendError, match="allows no token"):
+        list(session.stream(2, constraint=OnlyPieces(backend, set(), limit=2)))
+
+
+def test_scripted_backends_build_an_llguidance_constraint() -> None:
+    backend = ScriptedBackend(['Sure: {"x": 4, "y": 5}'])
+    constraint = grammar_factory(json_grammar(Point.model_json_schema()))(backend)
+    session = backend.new_session(backend.encode("q:"), SamplingParams(temperature=0))
+    out = []
+    for token in session.stream(40, constraint=constraint):
+        out.append(token)
+        if constraint.done:
+            break
+    Point.model_validate_json(backend.decode(out))
