@@ -86,6 +86,7 @@ class CallSettings:
     seed: int | None
     answer: AnswerFormat
     policy: DelegationPolicy | None = None
+    max_tokens_is_default: bool = False  # neither the call nor the model set max_tokens
 
     @property
     def tools(self) -> list[dict[str, Any]] | None:
@@ -231,7 +232,7 @@ def resolve_call(
     stops: Sequence[str] = stop if stop is not None else (model.stop or [])
     if isinstance(stops, str):
         stops = [stops]
-    if any(not isinstance(s, str) or not s for s in stops):
+    if not isinstance(stops, (list, tuple)) or any(not isinstance(s, str) or not s for s in stops):
         raise InvalidRequestError(f"stop must be a list of non-empty strings, got {stops!r}")
     call_seed = kwargs.get("seed")
     if call_seed is not None and (isinstance(call_seed, bool) or not isinstance(call_seed, int)):
@@ -250,6 +251,10 @@ def resolve_call(
         seed=model.seed if call_seed is None else call_seed,
         answer=answer,
         policy=policy,
+        max_tokens_is_default=(
+            kwargs.get("max_tokens") is None
+            and "max_tokens" not in getattr(model, "model_fields_set", {"max_tokens"})
+        ),
     )
 
 

@@ -218,7 +218,11 @@ def reply_items(
     request = Request(
         small_prompt=prompts.get("small", ()),
         large_prompt=prompts.get("large", ()),
-        max_tokens=call.max_tokens,
+        max_tokens=(
+            min(call.max_tokens, *(b.context_length for b in backends.values()))
+            if call.max_tokens_is_default
+            else call.max_tokens  # asked for explicitly: above a context window it is refused
+        ),
         sampling=call.config.sampling(seed=call.seed),
         stop=call.stop,
         mode=call.mode,

@@ -143,6 +143,13 @@ class SpeculativeEngine:
             raise InvalidRequestError(f"mode {request.mode!r} needs a large model")
         if request.mode != "large" and self.small is None:
             raise InvalidRequestError(f"mode {request.mode!r} needs a small model")
+        roles = {"speculative": (self.small, self.large), "small": (self.small,)}
+        for model in roles.get(request.mode, (self.large,)):
+            if model is not None and request.max_tokens > model.context_length:
+                raise InvalidRequestError(
+                    f"max_tokens={request.max_tokens} exceeds the context window of "
+                    f"{model.name} ({model.context_length} tokens)"
+                )
         run = _Run(self, request)
         try:
             yield from run.events()

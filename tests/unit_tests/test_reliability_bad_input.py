@@ -98,10 +98,6 @@ IMAGE_URL = HumanMessage(
 )
 IMAGE_V1 = HumanMessage(content=[{"type": "image", "base64": "AAAA", "mime_type": "image/png"}])
 AUDIO = HumanMessage(content=[{"type": "input_audio", "input_audio": {"data": "AAAA"}}])
-ENGINE_XFAIL = (
-    "engine.generate does not compare max_tokens with the models' context_length "
-    "(engine.py, lead); the request runs and stops with 'context' instead"
-)
 
 CALL_ROWS = [
     Row("empty-message-list", InvalidRequestError, "no messages", input=[]),
@@ -116,7 +112,6 @@ CALL_ROWS = [
         InvalidRequestError,
         "max_tokens.*context",
         kwargs={"max_tokens": CONTEXT + 1},
-        xfail=ENGINE_XFAIL,
     ),
     Row(
         "prompt-longer-than-context",
@@ -124,7 +119,11 @@ CALL_ROWS = [
         rf"prompt has \d+ tokens but small-fake accepts at most {CONTEXT}",
         input="w " * CONTEXT,
     ),
+    Row(
+        "max-tokens-word", InvalidRequestError, "max_tokens.*'many'", kwargs={"max_tokens": "many"}
+    ),
     Row("temperature-negative", ConfigError, "temperature", kwargs={"temperature": -1.0}),
+    Row("temperature-string", ConfigError, "temperature", kwargs={"temperature": "hot"}),
     Row("top-p-zero", ConfigError, "top_p", kwargs={"top_p": 0.0}),
     Row("top-k-negative", ConfigError, "top_k", kwargs={"top_k": -1}),
     Row("timeout-zero", ConfigError, "time_out", kwargs={"timeout": 0}),
@@ -147,6 +146,7 @@ CALL_ROWS = [
     Row("empty-stop-string", InvalidRequestError, "stop.*non-empty", stop=[""]),
     Row("empty-stop-among-others", InvalidRequestError, "stop.*non-empty", stop=["\n", ""]),
     Row("stop-not-a-string", InvalidRequestError, "stop.*non-empty", stop=[3]),
+    Row("stop-not-a-list", InvalidRequestError, "stop.*non-empty", stop=3),
 ]
 
 
@@ -199,7 +199,6 @@ def test_bad_call_is_typed_and_leaves_the_instance_usable(row: Row, how: str) ->
     assert_good_answer(model)
 
 
-@pytest.mark.xfail(strict=True, reason=ENGINE_XFAIL)
 def test_max_tokens_above_context_in_the_engine_is_refused() -> None:
     """Engine level of the ``max-tokens-above-context`` row."""
     small = ScriptedBackend(SMALL, name="s", context_length=CONTEXT)
