@@ -275,13 +275,17 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
             ls_provider="spthink",
             ls_model_name=kwargs.get("model") or self._names.reported(mode),
             ls_model_type="chat",
+            # Invalid call values are reported by the call itself (typed errors), not here.
             ls_temperature=(
-                float(temperature) if temperature is not None else self._base_config.temperature
+                float(temperature)
+                if isinstance(temperature, (int, float))
+                else self._base_config.temperature
             ),
-            ls_max_tokens=int(max_tokens) if max_tokens is not None else self.max_tokens,
+            ls_max_tokens=max_tokens if isinstance(max_tokens, int) else self.max_tokens,
         )
-        if ls_stop := (stop if stop is not None else self.stop):
-            params["ls_stop"] = list(ls_stop)
+        ls_stop = stop if stop is not None else self.stop
+        if ls_stop and isinstance(ls_stop, (list, tuple, str)):
+            params["ls_stop"] = [ls_stop] if isinstance(ls_stop, str) else list(ls_stop)
         return params
 
     # ------------------------------------------------------ public entry points (capture)
