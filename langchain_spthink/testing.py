@@ -13,8 +13,9 @@ Constrained decoding works on scripted models too: :meth:`ScriptedBackend.constr
 gives llguidance the vocabulary as it stands (the script's pieces and every printable ASCII
 character are registered first), and a constrained session writes the scripted token when the
 constraint allows it, else the allowed token that ends soonest: EOS, then a piece starting with
-``}`` or ``]``, then ``"``, then ``,`` or ``:``, then any other piece (lowest id first). So a
-script that strays from the grammar still reaches a complete JSON value in a few tokens.
+``"`` (closes a string), then ``}`` or ``]``, then ``,`` or ``:``, then any other piece
+(shortest, then lowest id first). So a script that strays from the grammar still reaches a
+complete JSON value in a few tokens.
 """
 
 from __future__ import annotations
@@ -289,11 +290,15 @@ def _fallback_rank(piece: str) -> int:
     if piece == EOS_TEXT:
         return 0
     first = piece[:1]
-    return 1 if first in "}]" else 2 if first == '"' else 3 if first in ",:" else 4
+    return 1 if first == '"' else 2 if first in "}]" else 3 if first in ",:" else 4
 
 
 def _constrained(constraint: TokenConstraint, token: int, pieces: Sequence[str]) -> int:
-    """The scripted ``token`` if ``constraint`` allows it, else the best-ranked allowed id."""
+    """The scripted ``token`` if ``constraint`` allows it, else the best-ranked allowed id.
+
+    Ranked by :func:`_fallback_rank`, then by length (a long piece can reopen what a short one
+    closes, e.g. ``"key":``), then by id.
+    """
     logits = torch.zeros(len(pieces))
     logits[token] = 1.0
     allowed = torch.isfinite(constraint.mask(logits))
@@ -301,6 +306,6 @@ def _constrained(constraint: TokenConstraint, token: int, pieces: Sequence[str])
         found = [int(i) for i in allowed.nonzero().flatten()]
         if not found:
             raise BackendError("the constraint allows no token of the scripted vocabulary")
-        token = min(found, key=lambda i: (_fallback_rank(pieces[i]), i))
+        token = min(found, key=lambda i: (_fallback_rank(pieces[i]), len(pieces[i]), i))
     constraint.accept(token)
     return token
