@@ -1,0 +1,294 @@
+"""Property tests (hypothesis) of the pure pieces bad input reaches first.
+
+* the cue classifier (:mod:`langchain_spthink.cues`) against an independent scanner, with random
+  word lists (regex metacharacters, non-ASCII), in substring and whole-word mode;
+* the hand-off re-synchronisation (:mod:`langchain_spthink.handoff`): the session ends equal to
+  the target with the fewest operations, and on a real model its KV cache equals a fresh prefill;
+  text hand-off between different tokenizers on random scripts;
+* the config validator (:mod:`langchain_spthink.config`): any value of any field either builds a
+  config or raises ``ConfigError`` naming the field, never another exception.
+
+``tests/unit_tests/test_helpers.py`` holds the classifier's reference cases and two more
+properties (agreement with counting for the default words; totality).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from langchain_spthink import chat_models
+from langchain_spthink.chat_models import ChatSpeculativeThinking
+from langchain_spthink.config import SpeculativeThinkingConfig, preset
+from langchain_spthink.cues import classify, count_words
+from langchain_spthink.engine import Request, SpeculativeEngine
+from langchain_spthink.errors import ConfigError, SpThinkError
+from langchain_spthink.events import FinishEvent, TextEvent
+from langchain_spthink.handoff import common_prefix_length, resync
+from langchain_spthink.sampling import SamplingParams
+from langchain_spthink.testing import ScriptedBackend
+from tests.unit_tests._reliability_fakes import one_torch_thread
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+# ------------------------------------------------------------------------ cue classifier
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def scan(text: str, word: str, whole: bool) -> int:
+    """Non-overlapping case-insensitive occurrences, scanning left to right (the reference)."""
+    hay, needle = text.lower(), word.lower()
+    count, i = 0, hay.find(needle)
+    while needle and i >= 0:
+        end = i + len(needle)
+        ok = not whole or (
+            (i == 0 or not _is_word(hay[i - 1])) and (end == len(hay) or not _is_word(hay[end]))
+        )
+        if ok:
+            count += 1
+        i = hay.find(needle, end if ok else i + 1)
+    return count
+
+
+def reference_label(text: str, pos: list[str], neg: list[str], ver: list[str], whole: bool) -> int:
+    p = sum(scan(text, w, whole) for w in pos)
+    n = sum(scan(text, w, whole) for w in neg) + sum(scan(text, w, whole) for w in ver)
+    return 1 if p > n else -1 if n > p or p > 0 else 0
+
+
+cue_word = st.text(
+    alphabet=st.sampled_from("abcxyz .*+?()[]|^$\\éßİ-_1"), min_size=1, max_size=6
+).filter(lambda w: w.strip() != "")
+word_lists = st.lists(cue_word, min_size=0, max_size=4)
+
+
+@st.composite
+def texts_with_cues(draw: st.DrawFn, words: list[str]) -> str:
+    filler = st.text(alphabet=st.sampled_from("abc xyz.,!\n_É1"), max_size=5)
+    parts = draw(st.lists(st.one_of(filler, st.sampled_from(words or ["-"])), max_size=12))
+    return "".join(p.upper() if draw(st.booleans()) else p for p in parts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pos=word_lists, neg=word_lists, ver=word_lists, whole=st.booleans(), data=st.data())
+def test_classify_matches_an_independent_scanner(
+    pos: list[str], neg: list[str], ver: list[str], whole: bool, data: st.DataObject
+) -> None:
+    text = data.draw(texts_with_cues(pos + neg + ver), label="text")
+    assume(all(w.lower().upper().lower() == w.lower() for w in pos + neg + ver))
+    got = classify(text, positive=pos, negative=neg, verify=ver, word_boundary=whole)
+    assert got == reference_label(text, pos, neg, ver, whole)
+    for w in pos + neg + ver:
+        assert count_words(text, [w], word_boundary=whole) == scan(text, w, whole)
+        # whole words are a subset of the substring matches
+        assert count_words(text, [w], word_boundary=True) <= count_words(text, [w])
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=word_lists, a=st.text(max_size=30), b=st.text(max_size=30), whole=st.booleans())
+def test_counts_add_up_over_a_separator(words: list[str], a: str, b: str, whole: bool) -> None:
+    """Steps joined by a character no cue contains: cue counts add up (no match spans it)."""
+    sep = "\x00"
+    assume(all(sep not in w for w in words))
+    joined = count_words(a + sep + b, words, word_boundary=whole)
+    assert joined == count_words(a, words, word_boundary=whole) + count_words(
+        b, words, word_boundary=whole
+    )
+
+
+# ---------------------------------------------------------------------- hand-off resync
+class OpsSession:
+    """A session that records the operations resync performs."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = list(ids)
+        self.ops: list[tuple[str, Any]] = []
+
+    def truncate(self, length: int) -> None:
+        assert 0 <= length <= len(self.ids)
+        self.ops.append(("truncate", length))
+        del self.ids[length:]
+
+    def extend(self, ids: Any) -> None:
+        self.ops.append(("extend", list(ids)))
+        self.ids.extend(ids)
+
+
+def naive_lcp(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+small_ids = st.lists(st.integers(0, 5), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(prompt=small_ids.filter(bool), current=small_ids, target=small_ids, data=st.data())
+def test_resync_reaches_the_target_with_the_fewest_operations(
+    prompt: list[int], current: list[int], target: list[int], data: st.DataObject
+) -> None:
+    lcp = naive_lcp(current, target)
+    hint = data.draw(st.integers(0, lcp), label="hint")  # any count known to agree
+    assert common_prefix_length(current, target, hint) == lcp
+    session = OpsSession(prompt + current)
+    appended = resync(session, len(prompt), target, hint)  # type: ignore[arg-type]
+    assert session.ids == prompt + target
+    assert appended == len(target) - lcp
+    expected_ops: list[tuple[str, Any]] = []
+    if lcp < len(current):
+        expected_ops.append(("truncate", len(prompt) + lcp))  # one crop, never below the seam
+    if lcp < len(target):
+        expected_ops.append(("extend", target[lcp:]))
+    assert session.ops == expected_ops
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_resync_on_a_real_kv_cache_equals_a_fresh_prefill(
+    tiny_pair: tuple[Any, Any], data: st.DataObject
+) -> None:
+    """Crop-and-extend of a DynamicCache gives the logits of a fresh prefill of the target."""
+    backend = tiny_pair[0]
+    vocab = st.integers(0, len(backend.tokenizer) - 1)
+    prompt = data.draw(st.lists(vocab, min_size=1, max_size=6), label="prompt")
+    written = data.draw(st.integers(0, 6), label="written")
+    session = backend.new_session(prompt, GREEDY)
+    with one_torch_thread():
+        list(session.stream(written))  # cache holds prompt + written ids
+    output = list(session.ids[len(prompt) :])
+    keep = data.draw(st.integers(0, len(output)), label="keep")
+    target = output[:keep] + data.draw(st.lists(vocab, max_size=5), label="new")
+    resync(session, len(prompt), target)
+    fresh = backend.new_session(prompt + target, GREEDY)
+    with one_torch_thread():
+        got, want = session.next_logits(), fresh.next_logits()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert session.forwarded <= len(prompt) + written + len(target) + 1  # never a full re-prefill
+    session.close()
+    fresh.close()
+
+
+paragraph = st.lists(
+    st.sampled_from(["Wait,", "check", "yes", "so", "we", "ad", "d", "x", "4.", "ÿ", "日本"]),
+    min_size=1,
+    max_size=5,
+).map(lambda w: " ".join(w) + "\n\n")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    small_script=st.lists(paragraph, min_size=1, max_size=4),
+    large_script=st.lists(paragraph, min_size=1, max_size=4),
+    kinds=st.sampled_from([("word", "char"), ("char", "word")]),
+    instruct=st.booleans(),
+)
+def test_text_handoff_between_different_tokenizers_never_breaks(
+    small_script: list[str], large_script: list[str], kinds: tuple[str, str], instruct: bool
+) -> None:
+    """Random scripts, two tokenizers: the streamed text is the answer, counts add up."""
+    small = ScriptedBackend(small_script, name="s", tokenizer=kinds[0])
+    large = ScriptedBackend(large_script, name="l", tokenizer=kinds[1])
+    knobs: dict[str, Any] = {"draft_tokens": 3, "verify_tokens": 2, "begin_tokens": 3}
+    config = SpeculativeThinkingConfig(**knobs, begin=instruct, not_reasoning=instruct)
+    engine = SpeculativeEngine(small, large, config)
+    assert not engine.share_ids
+    request = Request(small.encode("Q: go"), large.encode("Q: go"), 300, GREEDY)
+    events = list(engine.generate(request))
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent)
+    assert "".join(e.text for e in events if isinstance(e, TextEvent)) == finish.text
+    assert finish.small.kept_tokens + finish.large.kept_tokens == finish.output_tokens
+    assert all(s.closed for s in small.sessions + large.sessions)
+    # each model's final sequence is its own tokenization of the answer (re-synchronised)
+    for backend in (small, large):
+        session = backend.sessions[0]
+        text = backend.decode(session.ids[session.prompt_len :])
+        assert finish.text.startswith(text) or text.startswith(finish.text)
+
+
+# -------------------------------------------------------------------- config validator
+FIELDS = sorted(SpeculativeThinkingConfig.model_fields)
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.text(max_size=4), max_size=3),
+    st.tuples(st.text(max_size=4)),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from(["small", "raise", "cue", "\n\n", "0.5", "10"]),
+)
+
+
+def assert_builds_or_names(build: Any, names: list[str]) -> None:
+    try:
+        cfg = build()
+    except ConfigError as exc:
+        assert any(name in str(exc) for name in names), (names, str(exc))
+        assert isinstance(exc, ValueError)
+    except Exception as exc:  # noqa: BLE001 - the property: never another type
+        pytest.fail(f"{type(exc).__name__} instead of ConfigError for {names}: {exc}")
+    else:
+        if isinstance(cfg, SpeculativeThinkingConfig):  # a valid config round-trips
+            assert SpeculativeThinkingConfig(**cfg.model_dump()) == cfg
+
+
+@settings(max_examples=600, deadline=None)
+@given(name=st.sampled_from(FIELDS), value=values)
+def test_any_value_of_any_field_builds_or_names_the_field(name: str, value: Any) -> None:
+    assert_builds_or_names(lambda: SpeculativeThinkingConfig(**{name: value}), [name])
+    assert_builds_or_names(lambda: preset("instruct", **{name: value}), [name])
+    assert_builds_or_names(
+        lambda: SpeculativeThinkingConfig().with_updates(**{name: value}), [name]
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.one_of(st.sampled_from(FIELDS), st.text(min_size=1, max_size=6)), values, max_size=4
+    )
+)
+def test_any_field_combination_builds_or_names_a_field(fields: dict[str, Any]) -> None:
+    assert_builds_or_names(lambda: SpeculativeThinkingConfig(**fields), list(fields))
+
+
+CHAT_KNOBS = ["temperature", "top_p", "top_k", "timeout", "large_step_timeout", "fallback"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(CHAT_KNOBS), value=values)
+@example(name="timeout", value=1e-300)  # valid, and over before the first token
+@example(name="temperature", value="hot")
+def test_chat_model_knobs_are_config_errors_at_construction_and_call(name: str, value: Any) -> None:
+    """The chat model's knobs: a ConfigError at construction, a typed error at call time."""
+    chat_models.clear_backend_cache()
+    small = ScriptedBackend(["Hi."], name="s")
+    try:
+        ChatSpeculativeThinking(small_model=small, large_model=small, **{name: value})
+    except ConfigError as exc:
+        assert name in str(exc) or "time_out" in str(exc)
+    model = ChatSpeculativeThinking(small_model=small, large_model=small, mode="small")
+    try:
+        reply = model.invoke("hi", **{name: value})
+    except SpThinkError as exc:
+        assert name in str(exc) or "time_out" in str(exc)
+    else:  # a valid value; a tiny timeout may cut the answer short (finish_reason timeout)
+        assert "Hi.".startswith(str(reply.content))
+        if reply.content != "Hi.":
+            assert name == "timeout" and reply.response_metadata["finish_reason"] == "timeout"
