@@ -6,7 +6,9 @@
   the target with the fewest operations, and on a real model its KV cache equals a fresh prefill;
   text hand-off between different tokenizers on random scripts;
 * the config validator (:mod:`langchain_spthink.config`): any value of any field either builds a
-  config or raises ``ConfigError`` naming the field, never another exception.
+  config or raises ``ConfigError`` naming the field, never another exception;
+* tool-call parsing (:mod:`langchain_spthink.tool_parsing`): never raises, loses no text, the
+  streaming parser agrees with the whole-text one, and generated valid calls round-trip.
 
 ``tests/unit_tests/test_helpers.py`` holds the classifier's reference cases and two more
 properties (agreement with counting for the default words; totality).
@@ -14,6 +16,7 @@ properties (agreement with counting for the default words; totality).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -31,6 +34,8 @@ from langchain_spthink.events import FinishEvent, TextEvent
 from langchain_spthink.handoff import common_prefix_length, resync
 from langchain_spthink.sampling import SamplingParams
 from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.tool_parsing import ToolCallStream, parse_tool_calls
+from langchain_spthink.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from tests.unit_tests._reliability_fakes import one_torch_thread
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -292,3 +297,92 @@ def test_chat_model_knobs_are_config_errors_at_construction_and_call(name: str, 
         assert "Hi.".startswith(str(reply.content))
         if reply.content != "Hi.":
             assert name == "timeout" and reply.response_metadata["finish_reason"] == "timeout"
+
+
+# ------------------------------------------------------------------- tool-call parsing
+TAG_BITS = ["<tool_call>", "</tool_call>", "<tool_", "{", "}", "[", "]", '"name"', ":", '"', "```"]
+noisy_text = st.lists(st.one_of(st.text(max_size=6), st.sampled_from(TAG_BITS)), max_size=14).map(
+    "".join
+)
+tool_names = st.lists(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), max_size=3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=noisy_text, names=tool_names, cuts=st.lists(st.integers(1, 9), max_size=30))
+def test_tool_call_parser_never_raises_and_loses_no_text(
+    text: str, names: list[str], cuts: list[int]
+) -> None:
+    parsed = parse_tool_calls(text, names)
+    if not parsed.tool_calls and not parsed.invalid_tool_calls:
+        assert parsed.content == text  # an answer without calls passes through unchanged
+    for call in parsed.invalid_tool_calls:
+        assert call["error"] and isinstance(call["args"], str)
+    stream, pieces, at = ToolCallStream(names), [], 0
+    for cut in cuts:  # the streaming parser, fed in arbitrary pieces, agrees with the whole
+        pieces += stream.feed(text[at : at + cut])
+        at += cut
+    pieces += stream.feed(text[at:]) + stream.flush()
+    assert "".join(p[1] for p in pieces if p[0] == "text") == parsed.content
+    streamed = [p[1] for p in pieces if p[0] == "call"]
+    whole = parsed.tool_calls + parsed.invalid_tool_calls
+    assert sorted(repr((c["name"], c["args"])) for c in streamed) == sorted(
+        repr((c["name"], c["args"])) for c in whole
+    )
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet=st.characters(blacklist_characters="<", blacklist_categories=("Cs",))),
+)
+json_args = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6),
+    max_size=4,
+)
+prose = st.text(alphabet=st.characters(blacklist_characters="<{[`", blacklist_categories=("Cs",)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), json_args),
+        min_size=1,
+        max_size=3,
+    ),
+    texts=st.lists(prose, min_size=4, max_size=4),
+    key=st.sampled_from(["arguments", "parameters"]),
+    string_args=st.booleans(),
+)
+def test_generated_tool_calls_round_trip(
+    calls: list[tuple[str, dict[str, Any]]],
+    texts: list[str],
+    key: str,
+    string_args: bool,
+) -> None:
+    """Tagged calls between arbitrary text parse back to the same names and arguments."""
+    answer = texts[0]
+    for i, (name, args) in enumerate(calls):
+        payload = json.dumps(args) if string_args else args  # JSON-encoded arguments decode too
+        answer += f"{TOOL_CALL_OPEN}{json.dumps({'name': name, key: payload})}{TOOL_CALL_CLOSE}"
+        answer += texts[i + 1] if i + 1 < len(texts) else ""
+    parsed = parse_tool_calls(answer, [name for name, _ in calls])
+    assert parsed.invalid_tool_calls == []
+    assert [(c["name"], c["args"]) for c in parsed.tool_calls] == calls
+    used = texts[: len(calls) + 1]
+    assert "".join(parsed.content.split()) == "".join("".join(used).split())
+    # the plain-JSON form (the whole answer is the call) round-trips as well
+    name, args = calls[0]
+    plain = parse_tool_calls(json.dumps({"name": name, "arguments": args}), [name])
+    assert [(c["name"], c["args"]) for c in plain.tool_calls] == [(name, args)]
+
+
+def test_a_closing_tag_inside_an_argument_is_an_invalid_call_not_a_crash() -> None:
+    """Known limit: the first ``</tool_call>`` ends the block, even inside a JSON string."""
+    args = {"html": f"a {TOOL_CALL_CLOSE} b"}
+    text = f"{TOOL_CALL_OPEN}{json.dumps({'name': 'f', 'arguments': args})}{TOOL_CALL_CLOSE}"
+    parsed = parse_tool_calls(text, ["f"])
+    assert parsed.tool_calls == [] and len(parsed.invalid_tool_calls) == 1
+    assert parsed.invalid_tool_calls[0]["name"] == "f"
