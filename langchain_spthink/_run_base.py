@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -373,84 +372,3 @@ class RunBase:
         if self.mode == "speculative" and limit is not None and large is not None:
             if large.usage.generated_tokens >= limit:
                 raise _LargeBudget
-
-    # ------------------------------------------------------------ concurrent drafts
-    def _start_large(self, max_new: int) -> _PendingStep | None:
-        """Start the large model's step of this boundary in the executor (or return None).
-
-        The step runs on a throw-away session opened from a snapshot of the large model's ids
-        (synced to the output now: the small draft does not change the output), so the real
-        session is untouched until the step is kept.
-        """
-        engine = self.engine
-        if not engine.concurrent_drafts or engine.executor is None or self.mode != "speculative":
-            return None
-        track = self.tracks["large"]
-        self._check_budget(track)
-        self._sync(track)
-        track.synced = -1  # a draft is not in the output until committed
-        snapshot = list(track.session.ids)
-        budget = self._room(track, max_new)
-        stop, eos, clock = threading.Event(), track.backend.eos_ids, self.clock
-
-        def work() -> tuple[list[int], int, float]:
-            started = clock()
-            fork = track.backend.new_session(snapshot, track.sampling)
-            ids: list[int] = []
-            stream = fork.stream(budget)
-            try:
-                for token in stream:
-                    if stop.is_set():
-                        break
-                    ids.append(token)
-                    if token in eos:
-                        break
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()  # a remote backend closes its HTTP stream here
-                fork.close()
-            return ids, fork.forwarded, clock() - started
-
-        self.concurrent_steps += 1
-        return _PendingStep(engine.executor.submit(work), stop, self.clock())
-
-    def _finish_large(self, pending: _PendingStep) -> _Step:
-        """Wait for a started large step and replay it into the real session as a draft."""
-        cfg, track = self.cfg, self.tracks["large"]
-        limits = []
-        if cfg.large_step_timeout:
-            limits.append(pending.started + cfg.large_step_timeout)
-        if self.deadline is not None:
-            limits.append(self.deadline)
-        wait = max(0.0, min(limits) - self.clock()) if limits else None
-        try:
-            ids, forwarded, seconds = pending.future.result(timeout=wait)
-        except FutureTimeout:
-            pending.discard()
-            if self.deadline is not None and self.clock() > self.deadline:
-                raise _Finished("timeout") from None
-            cause = TimeoutError(f"large-model step exceeded {cfg.large_step_timeout} s")
-            raise _LargeFault(cause) from None
-        except Exception as exc:
-            raise _LargeFault(exc) from exc
-        session = track.session
-        step = _Step(start=len(session.ids), seconds=seconds)
-        detok = IncrementalDetokenizer(track.backend.decode, session.ids[-6:])
-        track.forked_forwarded += forwarded
-        track.usage.seconds += seconds
-        for token in ids:
-            session.extend([token])
-            track.usage.generated_tokens += 1
-            if token in track.backend.eos_ids:
-                step.eos = True
-                break
-            step.ids.append(token)
-            step.text += detok.push(token)
-            step.ends.append(len(step.text))
-        tail = detok.flush()
-        if tail:
-            step.text += tail
-            if step.ends:
-                step.ends[-1] = len(step.text)
-        return step

@@ -14,8 +14,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
+from langchain_spthink._concurrent import finish_large_step, start_large_step
+from langchain_spthink._judge import next_token_probabilities
 from langchain_spthink._run_base import (
     Role,
     RunBase,
@@ -267,7 +267,7 @@ class _Run(RunBase):
         # With not_reasoning + choose_large the small draft cannot change the outcome: skip it.
         pending: _PendingStep | None = None
         if not (cfg.not_reasoning and cfg.choose_large):
-            pending = self._start_large(cfg.draft_tokens)
+            pending = start_large_step(self, cfg.draft_tokens)
             try:
                 draft = yield from self._write(small, cfg.draft_tokens, live=False)
                 if not cfg.not_reasoning:
@@ -283,7 +283,7 @@ class _Run(RunBase):
                 return (yield from self._keep_neutral(draft, start))
         s = self._classify(draft.text) if draft is not None else None
         if pending is not None:
-            large = self._finish_large(pending)
+            large = finish_large_step(self, pending)
             assert draft is not None
             self.saved += max(0.0, draft.seconds + large.seconds - (self.clock() - pending.started))
         else:
@@ -405,36 +405,13 @@ class _Run(RunBase):
             raise _LargeFault(exc) from exc
 
     def _judge(self, draft: str, prompt: str, choices: Sequence[str]) -> list[float]:
-        """Large-model probabilities of ``choices`` as next token after output + draft + prompt.
-
-        Forwards only the draft and the prompt on the large model's synced cache, then crops it
-        back. Without next-token logits (remote models) the greedy token decides: one-hot on a
-        choice, uniform when it is none of them.
-        """
+        """The :class:`~langchain_spthink.policies.Judge` of this request (the large model)."""
         track = self.tracks["large"]
         self._sync(track)
-        session, backend = track.session, track.backend
-        base = len(session.ids)
-        choice_ids = [backend.encode(c)[:1] for c in choices]
-        if any(not ids for ids in choice_ids):
-            raise ValueError(f"a judge choice encodes to no token: {choices!r}")
-        firsts = [ids[0] for ids in choice_ids]
-        session.extend(backend.encode(draft + prompt))
         try:
-            next_logits = getattr(session, "next_logits", None)
-            if callable(next_logits):
-                logits: torch.Tensor = next_logits()
-                probs = logits[torch.tensor(firsts)].float().softmax(dim=-1)
-                return [float(p) for p in probs]
-            stream = session.stream(1)
-            token = next(iter(stream), None)
-            getattr(stream, "close", lambda: None)()
-            if token in firsts:
-                return [1.0 if f == token else 0.0 for f in firsts]
-            return [1.0 / len(firsts)] * len(firsts)
+            return next_token_probabilities(track.session, track.backend, draft + prompt, choices)
         finally:
-            session.truncate(base)
-            track.synced = self.out.version
+            track.synced = self.out.version  # cropped back to the synced sequence
 
     def _large_spent(self) -> Iterator[Event]:
         """``max_large_tokens`` is spent: say so once and go on in small mode."""
