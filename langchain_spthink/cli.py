@@ -15,9 +15,8 @@ import json
 import os
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
 from langchain_spthink._argtypes import (
@@ -26,6 +25,14 @@ from langchain_spthink._argtypes import (
     policy_overrides,
     positive_int,
 )
+from langchain_spthink._cli_output import (
+    TextRenderer,
+    delegation_kinds,
+    describe,
+    event_json,
+    summary_line,
+    use_color,
+)
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import PRESETS, SpeculativeThinkingConfig, preset
 from langchain_spthink.engine import Request, SpeculativeEngine
@@ -33,7 +40,6 @@ from langchain_spthink.errors import ConfigError, ModelLoadError, SpThinkError
 from langchain_spthink.events import (
     BudgetEvent,
     DelegationEvent,
-    Event,
     FallbackEvent,
     FinishEvent,
     TextEvent,
@@ -48,16 +54,6 @@ BackendSource = Mapping[str, Backend] | Callable[[str], Backend]
 # Used when models.py cannot be imported (it only fails in a broken install).
 _FALLBACK_SMALL = "smollm2-135m-instruct"
 _FALLBACK_LARGE = "gemma3-270m"
-
-_ANSI = {"large": "\x1b[1;36m", "inserted": "\x1b[3;33m"}
-_RESET = "\x1b[0m"
-_EVENT_TYPES: dict[type, str] = {
-    TextEvent: "text",
-    DelegationEvent: "delegation",
-    FallbackEvent: "fallback",
-    BudgetEvent: "budget",
-    FinishEvent: "finish",
-}
 
 
 def _default_models() -> tuple[str, str]:
@@ -255,120 +251,6 @@ def _question(args: argparse.Namespace) -> str:
     return text
 
 
-class _TextRenderer:
-    """Writes text events, marking who wrote what: ANSI colours or ``[[author: ...]]``."""
-
-    def __init__(self, out: IO[str], *, color: bool) -> None:
-        self.out = out
-        self.color = color
-        self.current = "small"
-        self.at_line_start = True
-
-    def _emit(self, text: str) -> None:
-        if text:
-            self.out.write(text)
-            if not text.startswith("\x1b"):
-                self.at_line_start = text.endswith("\n")
-
-    def write(self, event: TextEvent) -> None:
-        if event.author != self.current:
-            self._close()
-            self._open(event.author)
-        self._emit(event.text)
-        self.out.flush()
-
-    def _open(self, author: str) -> None:
-        self.current = author
-        if author != "small":
-            self._emit(_ANSI[author] if self.color else f"[[{author}: ")
-
-    def _close(self) -> None:
-        if self.current != "small":
-            self._emit(_RESET if self.color else "]]")
-        self.current = "small"
-
-    def finish(self) -> None:
-        self._close()
-        if not self.at_line_start:
-            self.out.write("\n")
-        self.out.flush()
-
-
-def _kinds(delegations: Iterable[DelegationEvent]) -> Counter[str]:
-    return Counter(d.kind for d in delegations)
-
-
-def summary_line(
-    finish: FinishEvent,
-    kinds: Mapping[str, int],
-    *,
-    small_name: str | None,
-    large_name: str | None,
-) -> str:
-    """The one-line summary printed after the answer."""
-    out = finish.output_tokens
-    parts = []
-    if small_name is not None:
-        parts.append(f"small {small_name}: {finish.small.kept_tokens} tok")
-    if large_name is not None:
-        parts.append(
-            f"large {large_name}: {finish.large.kept_tokens} tok "
-            f"({100.0 * finish.large_share:.1f}% of output)"
-        )
-    by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    parts.append(f"delegations: {finish.delegations}" + (f" ({by_kind})" if by_kind else ""))
-    rate = out / finish.seconds if finish.seconds > 0 else 0.0
-    parts.append(f"{out} tok in {finish.seconds:.1f} s, {rate:.1f} tok/s")
-    parts.append(f"stop: {finish.stop_reason}")
-    if finish.mode != "speculative":
-        parts.append(f"mode: {finish.mode}")
-    spent = [
-        name
-        for name, flag in (
-            ("max_large_tokens", "large_exhausted"),
-            ("max_reasoning_tokens", "reasoning_exhausted"),
-        )
-        if finish.budgets.get(flag)
-    ]
-    if spent:
-        parts.append("budget spent: " + ", ".join(spent))
-    return "-- " + " | ".join(parts)
-
-
-def _event_json(event: Event, kinds: Mapping[str, int]) -> str:
-    data: dict[str, Any] = {"type": _EVENT_TYPES[type(event)], **asdict(event)}
-    if isinstance(event, FinishEvent):
-        prompt = event.small.prompt_tokens or event.large.prompt_tokens
-        data["output_tokens"] = event.output_tokens
-        data["large_share"] = event.large_share
-        data["delegations_by_kind"] = dict(kinds)
-        data["usage"] = {
-            "input_tokens": prompt,
-            "output_tokens": event.output_tokens,
-            "total_tokens": prompt + event.output_tokens,
-        }
-    return json.dumps(data, ensure_ascii=False)
-
-
-def _use_color(choice: str, stream: IO[str]) -> bool:
-    if choice != "auto":
-        return choice == "always"
-    if os.environ.get("NO_COLOR"):
-        return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-def _describe(event: DelegationEvent) -> str:
-    kept = f"kept {event.kept}"
-    labels = f"small {event.small_label}, large {event.large_label}"
-    return (
-        f"[delegation {event.kind} at {event.position}: {event.large_tokens} large tokens, "
-        f"{kept}, labels {labels}, {event.seconds:.2f} s] large: {event.large_text!r}"
-        + (f" | small draft: {event.small_draft!r}" if event.small_draft is not None else "")
-    )
-
-
 def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
     config = _config(args)
     question = _question(args)
@@ -398,22 +280,22 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
     )
     engine = SpeculativeEngine(writer, large, config)
     renderer = (
-        None if args.json else _TextRenderer(ctx.stdout, color=_use_color(args.color, ctx.stdout))
+        None if args.json else TextRenderer(ctx.stdout, color=use_color(args.color, ctx.stdout))
     )
     delegations: list[DelegationEvent] = []
     for event in engine.generate(request):
         if isinstance(event, DelegationEvent):
             delegations.append(event)
             if args.verbose:
-                ctx.note(_describe(event))
+                ctx.note(describe(event))
         elif isinstance(event, FallbackEvent):
             ctx.note(f"spthink: large model failed ({event.reason}); continuing with small")
         elif isinstance(event, BudgetEvent) and not quiet:
             then = "small mode" if event.budget == "max_large_tokens" else "answering now"
             ctx.note(f"spthink: {event.budget}={event.limit} spent; {then}")
         if args.json:
-            kinds = _kinds(delegations)
-            print(_event_json(event, kinds), file=ctx.stdout, flush=True)
+            kinds = delegation_kinds(delegations)
+            print(event_json(event, kinds), file=ctx.stdout, flush=True)
             continue
         assert renderer is not None
         if isinstance(event, TextEvent):
@@ -422,7 +304,7 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
             renderer.finish()
             line = summary_line(
                 event,
-                _kinds(delegations),
+                delegation_kinds(delegations),
                 small_name=small.name if small is not None else None,
                 large_name=large.name if large is not None else None,
             )
