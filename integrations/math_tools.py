@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from typing import TypeAlias
@@ -24,6 +25,7 @@ from langchain_spthink.errors import SpThinkError
 __all__ = [
     "CalculatorError",
     "CalculatorInput",
+    "EXPRESSION_MAX_CHARS",
     "EXPRESSION_PATTERN",
     "evaluate_arithmetic",
     "format_number",
@@ -83,9 +85,25 @@ def _check(value: Number) -> Number:
     return value
 
 
+def _out_of_range(base: Number, exponent: Number) -> bool:
+    """Whether ``|base ** exponent|`` is beyond 2**±340 (about 1e±100), judged before computing."""
+    if isinstance(base, float):
+        if base == 0.0 or not math.isfinite(base):
+            return False
+        log2 = math.log2(abs(base))
+    else:
+        b = abs(Fraction(base))
+        if b == 0 or b == 1:
+            return False
+        log2 = math.log2(b.numerator) - math.log2(b.denominator)  # exact enough for big ints
+    return abs(float(exponent)) * abs(log2) > 340
+
+
 def _power(base: Number, exponent: Number) -> Number:
     if abs(Fraction(exponent)) > MAX_EXPONENT:
         raise CalculatorError(f"exponent {exponent} is too large (limit {MAX_EXPONENT})")
+    if _out_of_range(base, exponent):
+        raise CalculatorError("a power is out of range (too large or too small)")
     if isinstance(exponent, int) or (isinstance(exponent, Fraction) and exponent.denominator == 1):
         exp = int(exponent)
         if base == 0 and exp < 0:
@@ -171,11 +189,15 @@ def evaluate_arithmetic(expression: str) -> Number:
     text = text.replace("×", "*").replace("÷", "/").replace("−", "-")
     # "1,000" -> "1000", but keep the commas that separate function arguments ("max(1, 2)")
     text = _drop_thousands_separators(text)
+    text = _LEADING_ZEROS.sub("", text)  # "007" -> "7" (a syntax error in Python), "0.5" kept
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise CalculatorError(f"not an arithmetic expression: {expression!r} ({exc.msg})") from None
     return _check(_eval(tree))
+
+
+_LEADING_ZEROS = re.compile(r"(?<![\d.])0+(?=\d)")
 
 
 def _drop_thousands_separators(text: str) -> str:
@@ -205,9 +227,23 @@ def format_number(value: Number) -> str:
     return str(value)
 
 
-EXPRESSION_PATTERN = r"^(?:[0-9.,+\-*/^%() ]|sqrt|abs|round|min|max|floor|ceil)+$"
-"""What the tool's ``expression`` argument may contain (part of its JSON schema). Under
-constrained decoding the grammar follows it, so a small model cannot put prose in the call."""
+def _expression_pattern() -> str:
+    number = r"-?[0-9]+(?:\.[0-9]+)?"
+    op = r" ?(?:[-+*/%]|\*\*) ?"
+    inner = rf"(?:{number}|\({number}(?:{op}{number})*\))"  # a number or (a flat expression)
+    atom = rf"(?:{number}|\({inner}(?:{op}{inner})*\))"  # parentheses nest two deep
+    return rf"^{atom}(?:{op}{atom})*$"
+
+
+EXPRESSION_PATTERN = _expression_pattern()
+"""The calculator's ``expression`` in its JSON schema: numbers, ``+ - * / % **``, single spaces
+around operators and parentheses two deep, always complete (never ending on an operator).
+Under constrained decoding the grammar follows it, so even a small model writes a well-formed
+expression, not prose. (The evaluator itself accepts more: functions, ``^``, ``1,000``.)"""
+
+EXPRESSION_MAX_CHARS = 60
+"""``maxLength`` of the ``expression`` argument: with the pattern, the grammar makes a model
+that keeps writing ``+ 4 * 3 ...`` close a valid expression in time."""
 
 
 class CalculatorInput(BaseModel):
@@ -216,8 +252,7 @@ class CalculatorInput(BaseModel):
     expression: str = Field(
         description="An arithmetic expression with numbers only, e.g. '16 - 3 - 4' or '9 * 2'.",
         pattern=EXPRESSION_PATTERN,
-        min_length=1,
-        max_length=200,
+        max_length=EXPRESSION_MAX_CHARS,
     )
 
 
@@ -233,12 +268,12 @@ def _invalid_arguments(error: ValidationError) -> str:
     for e in error.errors():
         where = ".".join(str(part) for part in e["loc"]) or "arguments"
         if e["type"] == "string_pattern_mismatch":
-            problems.append(f"{where}: {e['input']!r} is not arithmetic")
+            problems.append(f"{where}: {e['input']!r} is not a plain arithmetic expression")
         else:
             problems.append(f"{where}: {e['msg']}")
     return (
-        "error: " + "; ".join(problems) + ". Call it with one argument, expression: numbers, "
-        "+ - * / ^ % ( ) and sqrt/abs/round/min/max/floor/ceil only."
+        "error: " + "; ".join(problems) + ". Call it with one argument, expression: numbers "
+        "and + - * / % ** ( ) only, e.g. (16 - 3 - 4) * 2."
     )
 
 
@@ -261,7 +296,7 @@ def make_calculator_tool(name: str = "calculator") -> BaseTool:
         name=name,
         description=(
             "Evaluate an arithmetic expression and return the number. Use it for every "
-            "calculation. Numbers and + - * / ** ( ) only, e.g. '16 - 3 - 4'."
+            "calculation. Numbers and + - * / % ** ( ) only, e.g. '(16 - 3 - 4) * 2'."
         ),
         args_schema=CalculatorInput,
         handle_tool_error=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -298,3 +299,106 @@ def test_stream_modes() -> None:
     assert {i.kind for i in items} == {"values", "custom", "delegation"}
     with pytest.raises(InvalidRequestError, match="unknown stream mode"):
         list(stream_with_delegations(graph, {"messages": []}, stream_mode="tokens"))
+
+
+# ------------------------------------- the agent over ChatSpeculativeThinking (our parser)
+class TurnScripted(ScriptedBackend):
+    """A scripted model whose script depends on how many tool results the prompt holds."""
+
+    def __init__(self, turns: list[list[str]], **kw: Any) -> None:
+        super().__init__(turns[0], **kw)
+        self.turns = turns
+        for turn in turns:  # register every piece before a constraint snapshots the vocabulary
+            for paragraph in turn:
+                self.encode(paragraph)
+
+    def chat_prompt_ids(self, messages: Any, **kw: Any) -> list[int]:
+        ids = super().chat_prompt_ids(messages, **kw)
+        # tool results: "tool" messages (tools passed to the template), or <tool_response
+        # name="calculator"> blocks in a user turn (the system prompt's format line has
+        # name="<tool name>", which this does not count)
+        done = sum(m["role"] == "tool" for m in messages)
+        done += len(re.findall(r'<tool_response name="(?!<)', self.last_prompt))
+        self.script = self.turns[min(done, len(self.turns) - 1)]
+        return ids
+
+
+CALL = (
+    '<tool_call>{"name": "calculator", "arguments": {"expression": "(16 - 3 - 4) * 2"}}</tool_call>'
+)
+SMALL_TURNS = [
+    [CALL],
+    ["The calculator says 18.\n\n", "Wait, is it dollars?\n\n", "So the answer is 18."],
+]
+LARGE_TURNS = [
+    [CALL],
+    ["The calculator says 18.\n\n", "So 9 eggs at $2 make $18.\n\n", "Answer: 18."],
+]
+
+
+def speculative_agent(**kw: Any) -> tuple[Any, TurnScripted, TurnScripted]:
+    small = TurnScripted(SMALL_TURNS, name="small-fake")
+    large = TurnScripted(LARGE_TURNS, name="large-fake")
+    model = ChatSpeculativeThinking(small_model=small, large_model=large, temperature=0)
+    agent = create_spthink_agent(
+        model, [make_calculator_tool()], system_prompt="Use the calculator.", **kw
+    )
+    return agent, small, large
+
+
+def test_agent_over_speculative_thinking_parses_runs_and_answers() -> None:
+    agent, small, _ = speculative_agent(max_steps=3)
+    items = list(
+        stream_with_delegations(
+            agent, {"messages": [("user", QUESTION)]}, stream_mode=["updates", "values"]
+        )
+    )
+    state = [i for i in items if i.kind == "values"][-1].data
+    msgs = state["messages"]
+    assert [type(m).__name__ for m in msgs] == [
+        "HumanMessage",
+        "AIMessage",
+        "ToolMessage",
+        "AIMessage",
+    ]
+    ai, tool_msg, final = msgs[1], msgs[2], msgs[3]
+    # our parser turned the <tool_call> text into a structured call
+    assert [(c["name"], c["args"]) for c in ai.tool_calls] == [
+        ("calculator", {"expression": "(16 - 3 - 4) * 2"})
+    ]
+    assert ai.content == "" and not ai.invalid_tool_calls
+    assert tool_msg.content == "18" and tool_msg.tool_call_id == ai.tool_calls[0]["id"]
+    # the second call saw the tool result in its prompt, and its "Wait" step was delegated
+    assert "tool: 18" in small.last_prompt
+    # the large model's step is up to draft_tokens (20) long: here the rest of its script
+    large_step = LARGE_TURNS[1][1] + LARGE_TURNS[1][2]
+    assert final.content == SMALL_TURNS[1][0] + large_step and not final.tool_calls
+    delegations = [i.data for i in items if i.kind == "delegation"]
+    assert [d.kind for d in delegations] == ["reflection"]
+    assert delegations[0].large_text == large_step
+    # the delegation streamed before the update carrying the final answer
+    kinds = [i.kind for i in items]
+    last_agent_update = max(
+        n for n, i in enumerate(items) if i.kind == "updates" and "agent" in i.data
+    )
+    assert kinds.index("delegation") < last_agent_update
+
+
+def test_agent_over_speculative_thinking_stops_at_the_limit() -> None:
+    # a model that always calls the tool: the final, tool-free call still writes the call as
+    # text (nothing parses it without tools), and the run ends there
+    small = TurnScripted([[CALL]], name="small-fake")
+    large = TurnScripted([[CALL]], name="large-fake")
+    model = ChatSpeculativeThinking(small_model=small, large_model=large, temperature=0)
+    agent = create_spthink_agent(model, [make_calculator_tool()], max_steps=3)
+    msgs = agent.invoke({"messages": [("user", QUESTION)]})["messages"]
+    assert [type(m).__name__ for m in msgs] == [
+        "HumanMessage",
+        "AIMessage",
+        "ToolMessage",
+        "AIMessage",
+        "ToolMessage",
+        "AIMessage",
+    ]
+    assert [m.content for m in msgs if isinstance(m, ToolMessage)] == ["18", "18"]
+    assert not msgs[-1].tool_calls and model_calls_this_turn(msgs) == 3
