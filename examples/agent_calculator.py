@@ -7,6 +7,7 @@ step, so it always ends within --max-steps model calls. The large model's steps 
 happen (stream_mode="custom").
 
 Run: .venv/bin/python examples/agent_calculator.py ["QUESTION"] [--max-steps 3] [--max-tokens 128]
+     [--preset instruct|reasoning]
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def main(
     *,
     max_steps: int = 3,
     max_tokens: int = 128,
+    preset: str = "instruct",
     llm: BaseChatModel | None = None,
 ) -> dict[str, Any]:
     """Run the agent on ``question``; returns the transcript, the answer and the delegations."""
     agent = create_spthink_agent(
-        llm or ChatSpeculativeThinking(preset="instruct", temperature=0.0, max_tokens=max_tokens),
+        llm or ChatSpeculativeThinking(preset=preset, temperature=0.0, max_tokens=max_tokens),
         [make_calculator_tool()],
         system_prompt=SYSTEM,
         max_steps=max_steps,
@@ -87,5 +89,6 @@ if __name__ == "__main__":
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
     parser.add_argument("--max-steps", type=int, default=3, help="model calls at most")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per model call")
+    parser.add_argument("--preset", choices=["instruct", "reasoning"], default="instruct")
     args = parser.parse_args()
-    main(args.question, max_steps=args.max_steps, max_tokens=args.max_tokens)
+    main(args.question, max_steps=args.max_steps, max_tokens=args.max_tokens, preset=args.preset)

@@ -38,3 +38,31 @@ def test_rag_math_example(capsys: pytest.CaptureFixture[str]) -> None:
     # the instruct preset: the large model opens the answer
     assert result["delegations"] and result["delegations"][0].kind == "begin"
     assert "steps written by the large model" in err
+
+
+def test_agent_calculator_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """The LangGraph agent loop on the embedded pair: structure, not the answer's correctness."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from integrations.math_tools import evaluate_arithmetic, format_number
+
+    agent = load("agent_calculator")
+    result = agent.main(max_steps=2, max_tokens=40)
+    out, err = capsys.readouterr()
+    msgs = result["messages"]
+    assert [type(m) for m in msgs] == [HumanMessage, AIMessage, ToolMessage, AIMessage]
+    call, tool_msg, final = msgs[1], msgs[2], msgs[3]
+    # step 1 was forced: constrained decoding made the 135M model write one valid call
+    assert not call.invalid_tool_calls and len(call.tool_calls) == 1
+    expression = call.tool_calls[0]["args"]["expression"]
+    assert call.tool_calls[0]["name"] == "calculator"
+    # the tool ran on exactly that expression (evaluated here independently)
+    assert tool_msg.tool_call_id == call.tool_calls[0]["id"] and tool_msg.status == "success"
+    assert tool_msg.content == format_number(evaluate_arithmetic(expression))
+    # step 2 (the last allowed) had no tools: the run ended with an answer
+    assert final.content and not final.tool_calls and result["answer"] == final.content
+    # the instruct preset: the large model opened the answer, streamed via stream_mode="custom"
+    assert result["delegations"] and result["delegations"][0].kind == "begin"
+    assert "[large model, begin:" in err
+    assert f"-> calculator({{'expression': '{expression}'}})" in out
+    assert f"<- calculator: {tool_msg.content}" in out
