@@ -402,3 +402,14 @@ def test_agent_over_speculative_thinking_stops_at_the_limit() -> None:
     ]
     assert [m.content for m in msgs if isinstance(m, ToolMessage)] == ["18", "18"]
     assert not msgs[-1].tool_calls and model_calls_this_turn(msgs) == 3
+
+
+def test_model_given_as_chat_model_arguments() -> None:
+    spec = {
+        "small_model": TurnScripted(SMALL_TURNS, name="small-fake"),
+        "large_model": TurnScripted(LARGE_TURNS, name="large-fake"),
+        "temperature": 0,
+    }
+    agent = create_spthink_agent(spec, [make_calculator_tool()], max_steps=2)
+    msgs = agent.invoke({"messages": [("user", QUESTION)]})["messages"]
+    assert msgs[2].content == "18" and msgs[-1].content.startswith("The calculator says 18.")
