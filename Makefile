@@ -26,7 +26,7 @@ test:
 lint:
 	$(BIN)/ruff check langchain_spthink tests benchmarks integrations examples
 	$(BIN)/ruff format --check langchain_spthink tests benchmarks integrations examples
-	$(BIN)/mypy langchain_spthink
+	$(BIN)/mypy langchain_spthink integrations examples
 
 bench:
 	$(BIN)/python benchmarks/bench_engine.py
