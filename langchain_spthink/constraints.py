@@ -22,6 +22,7 @@ true once the grammar cannot be extended (only EOS may follow).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "ConstraintFactory",
     "GrammarConstraint",
     "closed_schema",
+    "default_reserve",
     "TokenConstraint",
     "grammar_factory",
     "json_grammar",
@@ -261,18 +263,48 @@ def llg_tokenizer(backend: Backend) -> llguidance.LLTokenizer:
 
 
 # ----------------------------------------------------------------------- the constraint
+# Token texts that end something and open nothing: an unescaped quote (ends a string) after
+# nothing or after text that does not end in JSON punctuation (`, "` would open a key), followed
+# only by punctuation; or closing brackets / braces only.
+_CLOSES_STRING = re.compile(rb'^(?:[^"\\]*[^"\\\s,:\[{])?"[\s,:}\]]*$')
+_CLOSES_BRACKETS = re.compile(rb"^[\s,]*[}\]][\s,}\]]*$")
+
+
+def default_reserve(budget: int) -> int:
+    """Tokens kept to finish a constrained answer: a quarter of the budget, at least 16."""
+    return max(16, budget // 4)
+
+
 class GrammarConstraint:
     """A :class:`TokenConstraint` over an llguidance grammar.
+
+    **Finishing within a budget.** A grammar bounds the format, not the length of free strings,
+    and a small model can repeat itself inside one until the token budget runs out, leaving a
+    truncated, invalid value. Given ``budget`` (the most tokens this answer may take), the
+    constraint *steers* once ``budget - reserve`` tokens are written: among the allowed ids it
+    keeps EOS and the ids whose text ends a string (text, an unescaped ``"``, then only ``,:}]``
+    and spaces) if any is allowed, else EOS and those that only close brackets / braces if any
+    is, so open strings, arrays and objects close and the value completes. Before that point
+    the model is free within the grammar.
 
     Args:
         tokenizer: The llguidance tokenizer of the model that samples.
         grammar: An llguidance grammar string (see :func:`json_grammar`).
+        budget: The most tokens the answer may take; ``None``: no steering.
+        reserve: Tokens kept for finishing (default :func:`default_reserve`).
 
     Raises:
         InvalidRequestError: The grammar is invalid (e.g. an unsupported schema feature).
     """
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
+    def __init__(
+        self,
+        tokenizer: llguidance.LLTokenizer,
+        grammar: str,
+        *,
+        budget: int | None = None,
+        reserve: int | None = None,
+    ) -> None:
         import llguidance
 
         failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
@@ -282,7 +314,34 @@ class GrammarConstraint:
         self._vocab = int(tokenizer.vocab_size)
         # One bit per token id, 32 ids per int32 word (llguidance's layout).
         self._bits = np.zeros((1, (self._vocab + 31) // 32), dtype=np.int32)
+        self._tokenizer = tokenizer
         self.tokens = 0
+        self.steer_from = (
+            None
+            if budget is None
+            else max(0, budget - (reserve if reserve is not None else default_reserve(budget)))
+        )
+        # [2, vocab] bool (ends a string / closes brackets), built when steering starts.
+        self._closers: torch.Tensor | None = None
+
+    @property
+    def steering(self) -> bool:
+        """Whether the answer is being steered to its end (see the class docstring)."""
+        return self.steer_from is not None and self.tokens >= self.steer_from
+
+    def _closing_ids(self) -> torch.Tensor:
+        if self._closers is None:
+            pieces = [self._tokenizer.decode_bytes([i]) for i in range(self._vocab)]
+            closers = torch.tensor(
+                [
+                    [bool(_CLOSES_STRING.match(p)) for p in pieces],
+                    [bool(_CLOSES_BRACKETS.match(p)) for p in pieces],
+                ],
+                dtype=torch.bool,
+            )
+            closers[:, list(self._tokenizer.eos_tokens)] = True
+            self._closers = closers
+        return self._closers
 
     def allowed(self) -> torch.Tensor:
         """The ``[vocab]`` bool tensor of the ids the grammar allows next."""
@@ -296,7 +355,15 @@ class GrammarConstraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (``[n]``) with forbidden ids at ``-inf``; ids past the tokenizer's too."""
-        allowed = self.allowed().to(logits.device)
+        allowed = self.allowed()
+        if self.steering:
+            # Ending a string first (inside one, "]" is just text), then closing brackets.
+            for closers in self._closing_ids():
+                closing = allowed & closers
+                if bool(closing.any()):
+                    allowed = closing
+                    break
+        allowed = allowed.to(logits.device)
         n = logits.shape[-1]
         if n > self._vocab:  # the model's embedding is padded past the tokenizer
             allowed = torch.cat([allowed, allowed.new_zeros(n - self._vocab)])
@@ -326,17 +393,19 @@ class GrammarConstraint:
         return bool(self._matcher.is_accepting())
 
 
-def grammar_factory(grammar: str) -> ConstraintFactory:
+def grammar_factory(grammar: str, *, budget: int | None = None) -> ConstraintFactory:
     """A :data:`ConstraintFactory` that compiles ``grammar`` for the backend that writes.
 
     Args:
         grammar: An llguidance grammar string.
+        budget: The answer's token budget, for steering it to a complete value before the
+            budget runs out (see :class:`GrammarConstraint`); ``None``: no steering.
 
     Returns:
         ``backend -> GrammarConstraint`` (the backend's llguidance tokenizer is cached).
     """
 
     def build(backend: Backend) -> TokenConstraint:
-        return GrammarConstraint(llg_tokenizer(backend), grammar)
+        return GrammarConstraint(llg_tokenizer(backend), grammar, budget=budget)
 
     return build

@@ -203,7 +203,7 @@ class LlamaCppBackend:
             if n < 0:
                 raise BackendError(f"{self.name}: token {token} does not fit {size} bytes")
             piece = buffer.raw[:n]
-            attr = lc.llama_token_get_attr(vocab, token)
+            attr = lc.llama_vocab_get_attr(vocab, token)
             if attr & lc.LLAMA_TOKEN_ATTR_CONTROL or (
                 attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED
                 and piece.startswith(b"<")

@@ -214,6 +214,65 @@ def test_constrained_json_always_parses_and_validates(
     schema.model_validate(json.loads(text))  # raises if invalid
 
 
+class Joke(_Strict):
+    """Unbounded free strings: a random model never closes them on its own."""
+
+    setup: str
+    punchline: str
+    rating: int
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**31 - 1), budget=st.integers(48, 80))
+def test_with_a_budget_an_unbounded_schema_still_completes_in_time(
+    tiny_pair: tuple[Any, Any], seed: int, budget: int
+) -> None:
+    backend = tiny_pair[0]
+    grammar = json_grammar(Joke.model_json_schema())
+    # A random model spells the remaining keys in arbitrary (often one-character) tokens, up to
+    # ~35 for this schema; a real model needs far fewer (the default reserve is budget // 4).
+    constraint = GrammarConstraint(llg_tokenizer(backend), grammar, budget=budget, reserve=40)
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, seed=seed)
+    session = backend.new_session(backend.encode("Joke:"), sampling)
+    out: list[int] = []
+    for token in session.stream(budget, constraint=constraint):
+        if token in backend.eos_ids:
+            break
+        out.append(token)
+        if constraint.done:
+            break
+    session.close()
+    assert len(out) <= budget
+    Joke.model_validate_json(backend.decode(out))
+
+
+def test_without_a_budget_a_random_model_runs_on(tiny_pair: tuple[Any, Any]) -> None:
+    """The control for the test above: unsteered, the same model does not finish in 80."""
+    text, finished = run_constrained(
+        tiny_pair[0], json_grammar(Joke.model_json_schema()), seed=0, max_new=80
+    )
+    assert not finished, text
+
+
+def test_steering_starts_at_budget_minus_reserve(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tiny_pair[0]
+    grammar = json_grammar(Joke.model_json_schema())
+    steered = GrammarConstraint(llg_tokenizer(backend), grammar, budget=40, reserve=10)
+    assert steered.steer_from == 30
+    assert GrammarConstraint(llg_tokenizer(backend), grammar, budget=8).steer_from == 0
+    assert GrammarConstraint(llg_tokenizer(backend), grammar).steer_from is None
+    for token in backend.encode('{"setup": "abc'):
+        steered.accept(token)
+    free = steered.mask(torch.zeros(len(backend.tokenizer)))
+    steered.tokens = 30
+    closing = steered.mask(torch.zeros(len(backend.tokenizer)))
+    kept = {backend.decode([int(i)]) for i in torch.isfinite(closing).nonzero().flatten()}
+    assert kept and all('"' in t for t in kept)  # only ids that can close the string
+    assert int(torch.isfinite(free).sum()) > 10 * len(kept)
+
+
 class AddArgs(_Strict):
     a: int = Field(ge=0, le=99)
     b: int = Field(ge=0, le=99)
