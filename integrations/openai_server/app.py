@@ -641,7 +641,7 @@ def create_app(
             if not _supports_tools(chat_model):
                 raise APIError(
                     400,
-                    "tools are not supported yet by this model (tool calling is planned)",
+                    "tools are not supported by this model (it has no bind_tools)",
                     param="tools",
                     code="unsupported_parameter",
                 )
