@@ -7,10 +7,20 @@ top-p), so a seeded request samples from the same distribution as ``generate()``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["SamplingParams", "warp_logits", "sample_token", "request_generator"]
+if TYPE_CHECKING:
+    from langchain_spthink.constraints import TokenConstraint
+
+__all__ = [
+    "SamplingParams",
+    "warp_logits",
+    "sample_token",
+    "sample_constrained",
+    "request_generator",
+]
 
 
 @dataclass(frozen=True)
@@ -100,3 +110,27 @@ def request_generator(
     else:
         generator.seed()
     return generator
+
+
+def sample_constrained(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    constraint: TokenConstraint | None,
+) -> int:
+    """:func:`sample_token` over the ids ``constraint`` allows, advancing it by the choice.
+
+    Args:
+        logits: Raw logits ``[vocab]`` (the mask applies before warping).
+        params: Sampling settings.
+        generator: Random generator of the request.
+        constraint: The constraint of the session's step, or ``None``.
+
+    Returns:
+        The chosen id.
+    """
+    if constraint is None:
+        return sample_token(logits, params, generator)
+    token = sample_token(constraint.mask(logits), params, generator)
+    constraint.accept(token)
+    return token

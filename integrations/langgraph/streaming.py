@@ -20,7 +20,7 @@ from langgraph.types import StreamMode
 
 from langchain_spthink.callbacks import event_from_custom
 from langchain_spthink.errors import InvalidRequestError
-from langchain_spthink.events import DelegationEvent, FallbackEvent
+from langchain_spthink.events import BudgetEvent, DelegationEvent, FallbackEvent
 
 __all__ = ["GraphStreamItem", "astream_with_delegations", "stream_with_delegations"]
 
@@ -33,9 +33,10 @@ class GraphStreamItem:
 
     Attributes:
         kind: ``"delegation"`` (``data`` is a ``DelegationEvent``), ``"fallback"``
-            (a ``FallbackEvent``), ``"custom"`` (anything else a node wrote to the stream
-            writer, as written), or the LangGraph stream mode of ``data`` (``"updates"``,
-            ``"values"``, ``"messages"``, ...), with ``data`` as LangGraph streams it.
+            (a ``FallbackEvent``), ``"budget"`` (a ``BudgetEvent``), ``"custom"`` (anything
+            else a node wrote to the stream writer, as written), or the LangGraph stream mode
+            of ``data`` (``"updates"``, ``"values"``, ``"messages"``, ...), with ``data`` as
+            LangGraph streams it.
         data: The payload.
         namespace: The subgraph the item comes from (``()`` for the graph itself).
     """
@@ -45,9 +46,10 @@ class GraphStreamItem:
     namespace: tuple[str, ...] = ()
 
     @property
-    def event(self) -> DelegationEvent | FallbackEvent | None:
-        """The delegation or fallback, when this item is one."""
-        return self.data if isinstance(self.data, (DelegationEvent, FallbackEvent)) else None
+    def event(self) -> DelegationEvent | FallbackEvent | BudgetEvent | None:
+        """The delegation, fallback or budget event, when this item is one."""
+        typed = (DelegationEvent, FallbackEvent, BudgetEvent)
+        return self.data if isinstance(self.data, typed) else None
 
 
 def _modes(stream_mode: str | Sequence[str]) -> list[StreamMode]:
@@ -71,6 +73,8 @@ def _item(part: Mapping[str, Any]) -> GraphStreamItem:
             return GraphStreamItem("delegation", event, namespace)
         if isinstance(event, FallbackEvent):
             return GraphStreamItem("fallback", event, namespace)
+        if isinstance(event, BudgetEvent):
+            return GraphStreamItem("budget", event, namespace)
     return GraphStreamItem(kind, data, namespace)
 
 

@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.errors import BackendError, InvalidRequestError
-from langchain_spthink.sampling import SamplingParams, request_generator, sample_token
+from langchain_spthink.sampling import SamplingParams, request_generator, sample_constrained
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -235,12 +235,9 @@ class TransformersSession:
     def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
         """Sample up to ``max_new`` ids, one forward per id (masked by ``constraint`` if given)."""
         for _ in range(max_new):
-            logits = self.next_logits()
-            if constraint is not None:
-                logits = constraint.mask(logits)
-            token = sample_token(logits, self.sampling, self._generator)
-            if constraint is not None:
-                constraint.accept(token)
+            token = sample_constrained(
+                self.next_logits(), self.sampling, self._generator, constraint
+            )
             self._ids.append(token)
             yield token
 

@@ -413,3 +413,25 @@ def test_model_given_as_chat_model_arguments() -> None:
     agent = create_spthink_agent(spec, [make_calculator_tool()], max_steps=2)
     msgs = agent.invoke({"messages": [("user", QUESTION)]})["messages"]
     assert msgs[2].content == "18" and msgs[-1].content.startswith("The calculator says 18.")
+
+
+def test_budget_events_stream_typed_through_a_graph() -> None:
+    from integrations.langgraph import stream_with_delegations
+    from langchain_spthink import BudgetEvent
+
+    model = ChatSpeculativeThinking(
+        small_model=ScriptedBackend(["A.\n\n", "B b b.\n\n", "C c.\n\n"], name="s"),
+        large_model=ScriptedBackend(["X.\n\n", "Y y y.\n\n", "Z.\n\n"], name="L"),
+        temperature=0,
+        preset="instruct",
+        config={"begin": False, "draft_tokens": 3},
+        max_large_tokens=3,
+    )
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState).add_node("m", node).add_edge(START, "m").compile()
+    items = list(stream_with_delegations(graph, {"messages": [("user", "go")]}))
+    (budget,) = [i for i in items if i.kind == "budget"]
+    assert isinstance(budget.event, BudgetEvent) and budget.event.limit == 3
