@@ -33,6 +33,8 @@ def start_large_step(run: RunBase, max_new: int) -> _PendingStep | None:
     engine = run.engine
     if not engine.concurrent_drafts or engine.executor is None or run.mode != "speculative":
         return None
+    if run.cfg.max_large_tokens is not None:
+        return None  # a capped large model runs no step that may be discarded unseen
     track = run.tracks["large"]
     run._check_budget(track)
     run._sync(track)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from langchain_spthink.backends.base import Backend, Session
+from langchain_spthink.sampling import SamplingParams
 
 __all__ = ["next_token_probabilities"]
 
@@ -44,9 +46,17 @@ def next_token_probabilities(
             logits: torch.Tensor = next_logits()
             probs = logits[torch.tensor(firsts)].float().softmax(dim=-1)
             return [float(p) for p in probs]
-        stream = session.stream(1)
-        token = next(iter(stream), None)
-        getattr(stream, "close", lambda: None)()
+        # One greedy token, whatever the request samples with (restored below).
+        sampling = getattr(session, "sampling", None)
+        if isinstance(sampling, SamplingParams):
+            session.sampling = replace(sampling, temperature=0.0)  # type: ignore[attr-defined]
+        try:
+            stream = session.stream(1)
+            token = next(iter(stream), None)
+            getattr(stream, "close", lambda: None)()
+        finally:
+            if isinstance(sampling, SamplingParams):
+                session.sampling = sampling  # type: ignore[attr-defined]
         if token in firsts:
             return [1.0 if f == token else 0.0 for f in firsts]
         return [1.0 / len(firsts)] * len(firsts)

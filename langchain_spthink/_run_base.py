@@ -216,7 +216,8 @@ class RunBase:
         marker = self.request.answer_marker
         if not (self.in_reasoning and marker and self.request.constraint and step.ids):
             return step
-        tail = self.out.text[len(self.out.text) - len(marker) + 1 :] if len(marker) > 1 else ""
+        text = self.out.text
+        tail = text[max(0, len(text) - len(marker) + 1) :] if len(marker) > 1 else ""
         found = (tail + step.text).find(marker)
         if found < 0:
             return step

@@ -292,6 +292,9 @@ class _Run(RunBase):
         keep_large = (
             cfg.choose_large
             or draft is None
+            # A policy delegated a draft without cue words (e.g. the judge): its call, not the
+            # cue labels', decides. (The keyword policy never delegates a neutral draft.)
+            or (s == 0 and not cfg.not_reasoning)
             or (s is not None and ((s < 0 <= l_label) or (s > 0 > l_label)))
         )
         kept_step = large if keep_large or draft is None else draft
@@ -399,7 +402,7 @@ class _Run(RunBase):
             return self.policy.decide(state, None)
         try:
             return self.policy.decide(state, self._judge)
-        except (_Finished, _LargeFault, GeneratorExit):
+        except (_Finished, _LargeFault):
             raise
         except Exception as exc:
             raise _LargeFault(exc) from exc

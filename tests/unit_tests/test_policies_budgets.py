@@ -305,3 +305,39 @@ def test_budget_config_validation() -> None:
         SpeculativeThinkingConfig(max_large_tokens=-1)
     with pytest.raises(ConfigError, match="judge_threshold"):
         SpeculativeThinkingConfig(judge_threshold=9.5)
+
+
+def test_judge_delegation_keeps_the_large_step_without_choose_large() -> None:
+    # The judge delegates a draft without cue words: the large step replaces it even when
+    # choose_large is off (the cue labels would otherwise keep the rejected draft).
+    small = ScriptedBackend(["A.\n\n", "B wrong.\n\n", "C.\n\n"])
+    large = JudgingBackend(["La.\n\n", "Lb fixed.\n\n", "Lc.\n\n"], {"wrong": 2}, default=8)
+    events = run(small, large, policy=JudgePolicy(threshold=7), choose_large=False)
+    assert finish_of(events).text == "A.\n\nLb fixed.\n\nC.\n\n"
+    assert [d.kept for d in of_type(events, DelegationEvent)] == ["large"]
+
+
+def test_judge_without_logits_asks_for_one_greedy_token() -> None:
+    from langchain_spthink._judge import next_token_probabilities
+
+    class Session:  # a remote-like session: no next_logits, samples with its own settings
+        def __init__(self) -> None:
+            self.ids = [1, 2]
+            self.sampling = SamplingParams(temperature=0.9, seed=3)
+            self.seen: list[float] = []
+
+        def extend(self, ids: Sequence[int]) -> None:
+            self.ids.extend(ids)
+
+        def truncate(self, length: int) -> None:
+            del self.ids[length:]
+
+        def stream(self, max_new: int):  # type: ignore[no-untyped-def]
+            self.seen.append(self.sampling.temperature)
+            yield backend.encode("7")[0]
+
+    backend = ScriptedBackend(["x"])
+    session = Session()
+    probs = next_token_probabilities(session, backend, "draft" + JUDGE_PROMPT, DIGITS)  # type: ignore[arg-type]
+    assert session.seen == [0.0] and session.sampling.temperature == 0.9
+    assert probs == [1.0 if d == "7" else 0.0 for d in DIGITS] and session.ids == [1, 2]
