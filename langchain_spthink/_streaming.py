@@ -226,14 +226,9 @@ def reply_items(
         sampling=call.config.sampling(seed=call.seed),
         stop=call.stop,
         mode=call.mode,
-        # The reasoning stays free; the answer after it is decoded under the grammar, steered to
-        # complete within max_tokens when it starts the output (after reasoning, the length
-        # left for it is unknown here).
-        constraint=(
-            grammar_factory(grammar, budget=None if in_reasoning else call.max_tokens)
-            if grammar is not None
-            else None
-        ),
+        # The reasoning stays free; the answer after it is decoded under the grammar, steered by
+        # the engine (GrammarConstraint.limit) to complete within the tokens left for it.
+        constraint=grammar_factory(grammar) if grammar is not None else None,
         answer_marker=REASONING_CLOSE if in_reasoning else None,
         policy=call.policy,
     )

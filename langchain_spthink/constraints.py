@@ -324,6 +324,15 @@ class GrammarConstraint:
         # [2, vocab] bool (ends a string / closes brackets), built when steering starts.
         self._closers: torch.Tensor | None = None
 
+    def limit(self, tokens: int) -> None:
+        """The answer may take at most ``tokens`` more tokens (the engine's budget left).
+
+        Steering then starts ``default_reserve(tokens)`` tokens before that, or earlier if the
+        constructor's ``budget`` says so.
+        """
+        start = self.tokens + max(0, tokens - default_reserve(tokens))
+        self.steer_from = start if self.steer_from is None else min(self.steer_from, start)
+
     @property
     def steering(self) -> bool:
         """Whether the answer is being steered to its end (see the class docstring)."""

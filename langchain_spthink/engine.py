@@ -455,6 +455,9 @@ class _Run(RunBase):
         track = self.tracks["large"] if self.mode == "large" else self.tracks["small"]
         factory = self.request.constraint
         constraint = factory(track.backend) if factory is not None else None
+        limit = getattr(constraint, "limit", None)
+        if callable(limit):  # optional: lets the constraint finish within the tokens left
+            limit(self._room(track, self.request.max_tokens))
         while True:
             yield from self._write(
                 track,

@@ -22,6 +22,7 @@ from langchain_spthink.constraints import (
     GrammarConstraint,
     TokenConstraint,
     closed_schema,
+    default_reserve,
     grammar_factory,
     json_grammar,
     llg_tokenizer,
@@ -408,3 +409,45 @@ def test_scripted_backends_build_an_llguidance_constraint() -> None:
         if constraint.done:
             break
     Point.model_validate_json(backend.decode(out))
+
+
+def test_limit_moves_steering_to_the_tokens_left(tiny_pair: tuple[Any, Any]) -> None:
+    backend = tiny_pair[0]
+    grammar = json_grammar(Joke.model_json_schema())
+    constraint = GrammarConstraint(llg_tokenizer(backend), grammar)
+    assert constraint.steer_from is None
+    constraint.limit(40)
+    assert constraint.steer_from == 40 - default_reserve(40)
+    constraint.tokens = 10
+    constraint.limit(100)  # a later, looser limit never postpones steering
+    assert constraint.steer_from == 40 - default_reserve(40)
+
+
+@settings(
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_answer_after_a_closed_reasoning_is_steered_to_completion(
+    tiny_pair: tuple[Any, Any], seed: int
+) -> None:
+    """The engine tells the constraint the tokens left after the reasoning (here closed by the
+    thinking budget), so an unbounded schema still completes within max_tokens."""
+    from langchain_spthink import Request, SpeculativeEngine, SpeculativeThinkingConfig
+
+    backend = tiny_pair[0]
+    config = SpeculativeThinkingConfig(max_reasoning_tokens=10)
+    engine = SpeculativeEngine(backend, None, config)
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, seed=seed)
+    request = Request(
+        backend.encode("Joke:"),
+        (),
+        10 + 160,  # 160 left for the answer: steering keeps default_reserve(160) = 40
+        sampling,
+        mode="small",
+        constraint=grammar_factory(json_grammar(Joke.model_json_schema())),
+        answer_marker="</think>",
+    )
+    *_, finish = engine.generate(request)
+    reasoning, marker, answer = finish.text.partition("\n</think>\n\n")
+    assert marker and finish.stop_reason == "eos"
+    Joke.model_validate_json(answer)
