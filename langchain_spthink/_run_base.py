@@ -107,6 +107,7 @@ class RunBase:
         self.boundary_seconds = 0.0  # wall time spent at boundaries (drafts, judge, large steps)
         self.concurrent_steps = 0
         self.discarded_steps = 0
+        self.discarded: list[_PendingStep] = []  # concurrent large steps thrown away
         self.kept_tokens = 0
         self.delegations = 0
         self.negatives = 0
@@ -367,6 +368,22 @@ class RunBase:
             raise _CloseReasoning
         if track.role == "large":
             self._check_large_budget()
+
+    def _count_discarded(self) -> None:
+        """Add the tokens of finished, discarded concurrent steps to the large model's usage.
+
+        They were generated (and paid for) even though nobody saw them; steps still stopping
+        when the request ends are not counted.
+        """
+        large = self.tracks.get("large")
+        for pending in self.discarded:
+            future = pending.future
+            if large is None or not future.done() or future.exception() is not None:
+                continue
+            ids, forwarded, _ = future.result()
+            large.usage.generated_tokens += len(ids)
+            large.forked_forwarded += forwarded
+        self.discarded.clear()
 
     def _check_large_budget(self) -> None:
         limit, large = self.cfg.max_large_tokens, self.tracks.get("large")

@@ -25,6 +25,7 @@ import json
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -340,16 +341,7 @@ class GrammarConstraint:
 
     def _closing_ids(self) -> torch.Tensor:
         if self._closers is None:
-            pieces = [self._tokenizer.decode_bytes([i]) for i in range(self._vocab)]
-            closers = torch.tensor(
-                [
-                    [bool(_CLOSES_STRING.match(p)) for p in pieces],
-                    [bool(_CLOSES_BRACKETS.match(p)) for p in pieces],
-                ],
-                dtype=torch.bool,
-            )
-            closers[:, list(self._tokenizer.eos_tokens)] = True
-            self._closers = closers
+            self._closers = _closing_ids_of(self._tokenizer)
         return self._closers
 
     def allowed(self) -> torch.Tensor:
@@ -400,6 +392,36 @@ class GrammarConstraint:
     def accepting(self) -> bool:
         """True when the text so far is a complete sentence of the grammar."""
         return bool(self._matcher.is_accepting())
+
+
+# LLTokenizer -> [2, vocab] closers; keyed by id with the tokenizer held (so the id stays its
+# own), a few entries (one per model in use; scripted vocabularies make a new one per request).
+_CLOSERS: OrderedDict[int, tuple[llguidance.LLTokenizer, torch.Tensor]] = OrderedDict()
+_CLOSERS_LOCK = threading.Lock()
+
+
+def _closing_ids_of(tokenizer: llguidance.LLTokenizer) -> torch.Tensor:
+    """``[2, vocab]`` bool: ids that can end a JSON string / close brackets (EOS in both)."""
+    vocab = int(tokenizer.vocab_size)
+    with _CLOSERS_LOCK:
+        cached = _CLOSERS.get(id(tokenizer))
+        if cached is not None and cached[0] is tokenizer:
+            _CLOSERS.move_to_end(id(tokenizer))
+            return cached[1]
+    pieces = [tokenizer.decode_bytes([i]) for i in range(vocab)]
+    closers = torch.tensor(
+        [
+            [bool(_CLOSES_STRING.match(p)) for p in pieces],
+            [bool(_CLOSES_BRACKETS.match(p)) for p in pieces],
+        ],
+        dtype=torch.bool,
+    )
+    closers[:, list(tokenizer.eos_tokens)] = True
+    with _CLOSERS_LOCK:
+        _CLOSERS[id(tokenizer)] = (tokenizer, closers)
+        while len(_CLOSERS) > 4:
+            _CLOSERS.popitem(last=False)
+    return closers
 
 
 def grammar_factory(grammar: str, *, budget: int | None = None) -> ConstraintFactory:

@@ -173,6 +173,7 @@ class _Run(RunBase):
         except _LargeFault as fault:
             raise LargeModelError(f"the large model failed: {fault.cause}") from fault.cause
         yield from self.out.drain(final=True)
+        self._count_discarded()
         for track in self.tracks.values():
             track.usage.forwarded_tokens = track.session.forwarded + track.forked_forwarded
         yield FinishEvent(
@@ -275,10 +276,12 @@ class _Run(RunBase):
             except BaseException:
                 if pending is not None:
                     pending.discard()
+                    self.discarded.append(pending)
                 raise
             if not decision.delegate:
                 if pending is not None:
                     pending.discard()
+                    self.discarded.append(pending)
                     self.discarded_steps += 1
                 return (yield from self._keep_neutral(draft, start))
         s = self._classify(draft.text) if draft is not None else None

@@ -451,3 +451,17 @@ def test_answer_after_a_closed_reasoning_is_steered_to_completion(
     reasoning, marker, answer = finish.text.partition("\n</think>\n\n")
     assert marker and finish.stop_reason == "eos"
     Joke.model_validate_json(answer)
+
+
+def test_closing_ids_are_computed_once_per_tokenizer(tiny_pair: tuple[Any, Any]) -> None:
+    from langchain_spthink.constraints import _closing_ids_of
+
+    backend = tiny_pair[0]
+    tokenizer = llg_tokenizer(backend)
+    grammar = json_grammar(Joke.model_json_schema())
+    first = GrammarConstraint(tokenizer, grammar, budget=8)
+    second = GrammarConstraint(tokenizer, grammar, budget=8)
+    assert first._closing_ids() is second._closing_ids()
+    closers = _closing_ids_of(tokenizer)
+    quote = backend.encode('"')[0]
+    assert bool(closers[0, quote]) and closers.shape == (2, tokenizer.vocab_size)

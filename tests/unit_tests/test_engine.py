@@ -392,3 +392,34 @@ def test_trigger_split_between_a_kept_step_and_the_small_model_is_a_boundary() -
     text, events = run(small, large)
     assert text == "A.\n\nHmm p.\n\nHmm q.\n\nEnd.\n\n"
     assert [d.small_draft for d in delegations(events)] == ["Wait x.\n", "Wait y.\n"]
+
+
+def test_discarded_concurrent_steps_count_in_the_large_models_usage() -> None:
+    from concurrent.futures import Executor, Future
+    from typing import Any
+
+    class Inline(Executor):
+        """Runs each step at submit: it is complete before the small model drafts."""
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_result(fn(*args, **kwargs))
+            return future
+
+    small_script = ["A.\n\n", "B b.\n\n", "C.\n\n"]  # no cue words: every step is discarded
+    large_script = ["X.\n\n", "Y y y y.\n\n", "Z z z z.\n\n"]
+    config = SpeculativeThinkingConfig(draft_tokens=3, verify_tokens=0)
+    finishes = []
+    for executor in (None, Inline()):
+        small, large = ScriptedBackend(small_script), ScriptedBackend(large_script)
+        engine = SpeculativeEngine(
+            small, large, config, executor=executor, concurrent_drafts=executor is not None
+        )
+        *_, finish = engine.generate(Request(small.encode("Q"), large.encode("Q"), 100, GREEDY))
+        assert isinstance(finish, FinishEvent)
+        finishes.append(finish)
+    seq, conc = finishes
+    assert conc.text == seq.text == "A.\n\nB b.\n\nC.\n\n"
+    assert seq.large.generated_tokens == 0 and conc.extra["concurrent_steps_discarded"] == 3
+    # Discarded steps: " Y y y" (3), "Z z z" (3), then EOS past the script (1).
+    assert conc.large.generated_tokens == 3 + 3 + 1
