@@ -6,7 +6,13 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["add_policy_arguments", "key_value", "policy_overrides", "positive_int"]
+__all__ = [
+    "add_model_arguments",
+    "add_policy_arguments",
+    "key_value",
+    "policy_overrides",
+    "positive_int",
+]
 
 
 def positive_int(text: str) -> int:
@@ -30,6 +36,31 @@ def key_value(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw
     return key.strip(), tuple(value) if isinstance(value, list) else value
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser, small_default: str, large_default: str, presets: list[str]
+) -> None:
+    """The models, mode and paper preset of a request (``run`` and ``eval``)."""
+    parser.add_argument(
+        "--small", default=small_default, help=f"small model (default {small_default})"
+    )
+    parser.add_argument(
+        "--large", default=large_default, help=f"large model (default {large_default})"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("speculative", "small", "large"),
+        default="speculative",
+        help="speculative (default), or one model alone",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=presets,
+        default="instruct",
+        help="paper configuration: instruct (begin + intervene at every boundary; default, "
+        "right for an instruct small model) or reasoning (intervene at cue words only)",
+    )
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
 from langchain_spthink._argtypes import (
+    add_model_arguments,
     add_policy_arguments,
     key_value,
     policy_overrides,
@@ -129,25 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "follows.",
     )
     run.add_argument("question", help="the user message ('-' reads it from stdin)")
-    run.add_argument(
-        "--small", default=small_default, help=f"small model (default {small_default})"
-    )
-    run.add_argument(
-        "--large", default=large_default, help=f"large model (default {large_default})"
-    )
-    run.add_argument(
-        "--mode",
-        choices=("speculative", "small", "large"),
-        default="speculative",
-        help="speculative (default), or one model alone",
-    )
-    run.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="instruct",
-        help="paper configuration: instruct (begin + intervene at every boundary; default, "
-        "right for an instruct small model) or reasoning (intervene at cue words only)",
-    )
+    add_model_arguments(run, small_default, large_default, sorted(PRESETS))
     run.add_argument("--system", help="system message")
     run.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     run.add_argument("--top-p", type=float, help="nucleus mass")

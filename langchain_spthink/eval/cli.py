@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from langchain_spthink._argtypes import (
+    add_model_arguments,
     add_policy_arguments,
     key_value,
     policy_overrides,
@@ -80,20 +81,7 @@ def add_eval_parsers(subparsers: Any) -> None:
         required=True,
         help=f"one of {', '.join(DATASETS)}, or a JSONL file with id, problem, answer",
     )
-    ev.add_argument("--small", default=small_default, help=f"small model (default {small_default})")
-    ev.add_argument("--large", default=large_default, help=f"large model (default {large_default})")
-    ev.add_argument(
-        "--mode",
-        choices=("speculative", "small", "large"),
-        default="speculative",
-        help="speculative (default), or one model alone",
-    )
-    ev.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="instruct",
-        help="paper configuration: instruct (default, for an instruct small model) or reasoning",
-    )
+    add_model_arguments(ev, small_default, large_default, sorted(PRESETS))
     ev.add_argument("--limit", type=positive_int, help="first N problems only")
     ev.add_argument(
         "--samples", type=positive_int, default=1, help="answers per problem (pass@1 averaged)"
