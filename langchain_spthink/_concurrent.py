@@ -18,6 +18,7 @@ from langchain_spthink._run_base import (
     _PendingStep,
     _Step,
 )
+from langchain_spthink.backends.base import close_stream
 from langchain_spthink.detok import IncrementalDetokenizer
 
 __all__ = ["finish_large_step", "start_large_step"]
@@ -56,9 +57,7 @@ def start_large_step(run: RunBase, max_new: int) -> _PendingStep | None:
                 if token in eos:
                     break
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # a remote backend closes its HTTP stream here
+            close_stream(stream)
             fork.close()
         return ids, fork.forwarded, clock() - started
 

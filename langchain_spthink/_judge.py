@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from langchain_spthink.backends.base import Backend, Session
+from langchain_spthink.backends.base import Backend, Session, close_stream
 from langchain_spthink.sampling import SamplingParams
 
 __all__ = ["next_token_probabilities"]
@@ -53,7 +53,7 @@ def next_token_probabilities(
         try:
             stream = session.stream(1)
             token = next(iter(stream), None)
-            getattr(stream, "close", lambda: None)()
+            close_stream(stream)
         finally:
             if isinstance(sampling, SamplingParams):
                 session.sampling = sampling  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from langchain_spthink.backends.base import Backend, Session
+from langchain_spthink.backends.base import Backend, Session, close_stream
 from langchain_spthink.constraints import TokenConstraint
 from langchain_spthink.cues import classify
 from langchain_spthink.detok import IncrementalDetokenizer
@@ -316,9 +316,7 @@ class RunBase:
                 raise _LargeFault(exc) from exc
             raise
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # a remote backend closes its HTTP stream here
+            close_stream(stream)
             step.seconds = self.clock() - started
             track.usage.seconds += step.seconds
         if tail:

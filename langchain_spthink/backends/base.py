@@ -24,7 +24,7 @@ from langchain_spthink.sampling import SamplingParams
 if TYPE_CHECKING:
     from langchain_spthink.constraints import TokenConstraint
 
-__all__ = ["Backend", "Session", "vocab_fingerprint"]
+__all__ = ["Backend", "Session", "close_stream", "vocab_fingerprint"]
 
 
 @runtime_checkable
@@ -125,3 +125,14 @@ def vocab_fingerprint(pieces: Iterable[object]) -> str:
         A hex digest.
     """
     return hashlib.sha256(json.dumps([str(p) for p in pieces]).encode()).hexdigest()
+
+
+def close_stream(stream: Iterator[int]) -> None:
+    """Close a :meth:`Session.stream` iterator the consumer stopped reading.
+
+    A generator runs its ``finally`` (a remote backend closes its HTTP response there); other
+    iterators are left alone.
+    """
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
