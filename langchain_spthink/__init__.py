@@ -1,71 +1,75 @@
-"""langchain-spthink: Speculative Thinking as a LangChain chat model."""
+"""langchain-spthink: Speculative Thinking as a LangChain chat model.
 
-from langchain_spthink.callbacks import (
-    AsyncSpeculativeThinkingCallbackHandler,
-    SpeculativeThinkingCallbackHandler,
-)
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.config import (
-    PRESETS,
-    SpeculativeThinkingConfig,
-    paper_instruct,
-    paper_reasoning,
-    preset,
-)
-from langchain_spthink.engine import Request, SpeculativeEngine
-from langchain_spthink.errors import (
-    BackendError,
-    ConfigError,
-    HandoffError,
-    InvalidRequestError,
-    LargeModelError,
-    ModelLoadError,
-    SpThinkError,
-)
-from langchain_spthink.events import (
-    BudgetEvent,
-    DelegationEvent,
-    FallbackEvent,
-    FinishEvent,
-    ModelUsage,
-    TextEvent,
-)
-from langchain_spthink.policies import (
-    BoundaryState,
-    Decision,
-    DelegationPolicy,
-    JudgePolicy,
-    KeywordPolicy,
-)
-from langchain_spthink.sampling import SamplingParams
+Every public name is exported lazily (PEP 562 module ``__getattr__``): ``import
+langchain_spthink`` loads no torch, transformers or LangChain; each name's module is imported
+the first time the name is used. ``spthink --help`` relies on this to answer instantly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it (one place per fact: the module, not this table, owns it)
+_EXPORTS: dict[str, str] = {
+    "AsyncSpeculativeThinkingCallbackHandler": "langchain_spthink.callbacks",
+    "SpeculativeThinkingCallbackHandler": "langchain_spthink.callbacks",
+    "ChatSpeculativeThinking": "langchain_spthink.chat_models",
+    "PRESETS": "langchain_spthink.config",
+    "SpeculativeThinkingConfig": "langchain_spthink.config",
+    "paper_instruct": "langchain_spthink.config",
+    "paper_reasoning": "langchain_spthink.config",
+    "preset": "langchain_spthink.config",
+    "Request": "langchain_spthink.engine",
+    "SpeculativeEngine": "langchain_spthink.engine",
+    "BackendError": "langchain_spthink.errors",
+    "ConfigError": "langchain_spthink.errors",
+    "HandoffError": "langchain_spthink.errors",
+    "InvalidRequestError": "langchain_spthink.errors",
+    "LargeModelError": "langchain_spthink.errors",
+    "ModelLoadError": "langchain_spthink.errors",
+    "SpThinkError": "langchain_spthink.errors",
+    "BudgetEvent": "langchain_spthink.events",
+    "DelegationEvent": "langchain_spthink.events",
+    "FallbackEvent": "langchain_spthink.events",
+    "FinishEvent": "langchain_spthink.events",
+    "ModelUsage": "langchain_spthink.events",
+    "TextEvent": "langchain_spthink.events",
+    "BoundaryState": "langchain_spthink.policies",
+    "Decision": "langchain_spthink.policies",
+    "DelegationPolicy": "langchain_spthink.policies",
+    "JudgePolicy": "langchain_spthink.policies",
+    "KeywordPolicy": "langchain_spthink.policies",
+    "SamplingParams": "langchain_spthink.sampling",
+}
+
 __all__ = [
-    "PRESETS",
     "AsyncSpeculativeThinkingCallbackHandler",
-    "ChatSpeculativeThinking",
-    "SpeculativeThinkingCallbackHandler",
     "BackendError",
     "BoundaryState",
     "BudgetEvent",
-    "Decision",
-    "DelegationPolicy",
-    "JudgePolicy",
-    "KeywordPolicy",
+    "ChatSpeculativeThinking",
     "ConfigError",
+    "Decision",
     "DelegationEvent",
+    "DelegationPolicy",
     "FallbackEvent",
     "FinishEvent",
     "HandoffError",
     "InvalidRequestError",
+    "JudgePolicy",
+    "KeywordPolicy",
     "LargeModelError",
     "ModelLoadError",
     "ModelUsage",
+    "PRESETS",
     "Request",
     "SamplingParams",
     "SpThinkError",
     "SpeculativeEngine",
+    "SpeculativeThinkingCallbackHandler",
     "SpeculativeThinkingConfig",
     "TextEvent",
     "__version__",
@@ -73,3 +77,57 @@ __all__ = [
     "paper_reasoning",
     "preset",
 ]
+
+if TYPE_CHECKING:  # static names for type checkers and IDEs; never executed
+    from langchain_spthink.callbacks import (
+        AsyncSpeculativeThinkingCallbackHandler,
+        SpeculativeThinkingCallbackHandler,
+    )
+    from langchain_spthink.chat_models import ChatSpeculativeThinking
+    from langchain_spthink.config import (
+        PRESETS,
+        SpeculativeThinkingConfig,
+        paper_instruct,
+        paper_reasoning,
+        preset,
+    )
+    from langchain_spthink.engine import Request, SpeculativeEngine
+    from langchain_spthink.errors import (
+        BackendError,
+        ConfigError,
+        HandoffError,
+        InvalidRequestError,
+        LargeModelError,
+        ModelLoadError,
+        SpThinkError,
+    )
+    from langchain_spthink.events import (
+        BudgetEvent,
+        DelegationEvent,
+        FallbackEvent,
+        FinishEvent,
+        ModelUsage,
+        TextEvent,
+    )
+    from langchain_spthink.policies import (
+        BoundaryState,
+        Decision,
+        DelegationPolicy,
+        JudgePolicy,
+        KeywordPolicy,
+    )
+    from langchain_spthink.sampling import SamplingParams
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'langchain_spthink' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

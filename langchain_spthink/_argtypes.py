@@ -8,6 +8,7 @@ from typing import Any
 
 __all__ = [
     "add_model_arguments",
+    "add_threads_argument",
     "add_policy_arguments",
     "key_value",
     "policy_overrides",
@@ -61,6 +62,17 @@ def add_model_arguments(
         help="paper configuration: instruct (begin + intervene at every boundary; default, "
         "right for an instruct small model) or reasoning (intervene at cue words only)",
     )
+    add_threads_argument(parser)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: CPU threads of each local model (``run``, ``eval`` and ``serve``)."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads of each local model (default: half the cores, at most 4, or "
+        "$SPTHINK_THREADS; fewer threads hold up better when the CPU is shared)",
+    )
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,12 +91,13 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-large-tokens",
         type=int,
-        help="cap on tokens the large model generates per request; then small mode",
+        help="cap on tokens the large model generates per request; then small mode "
+        "(default: no cap)",
     )
     parser.add_argument(
         "--max-reasoning-tokens",
         type=positive_int,
-        help="thinking budget: output tokens before the answer is forced",
+        help="thinking budget: output tokens before the answer is forced (default: no budget)",
     )
 
 

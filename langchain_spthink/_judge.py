@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-import torch
-
 from langchain_spthink.backends.base import Backend, Session, close_stream
 from langchain_spthink.sampling import SamplingParams
 
@@ -43,6 +41,8 @@ def next_token_probabilities(
     try:
         next_logits = getattr(session, "next_logits", None)
         if callable(next_logits):
+            import torch
+
             logits: torch.Tensor = next_logits()
             probs = logits[torch.tensor(firsts)].float().softmax(dim=-1)
             return [float(p) for p in probs]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from langchain_spthink.backends.base import Backend, Session, close_stream
-from langchain_spthink.constraints import TokenConstraint
 from langchain_spthink.cues import classify
 from langchain_spthink.detok import IncrementalDetokenizer
 from langchain_spthink.events import Author, Event, ModelUsage, StopReason
@@ -27,6 +26,7 @@ from langchain_spthink.policies import DelegationPolicy, policy_from_config
 from langchain_spthink.sampling import SamplingParams
 
 if TYPE_CHECKING:
+    from langchain_spthink.constraints import TokenConstraint
     from langchain_spthink.engine import Mode, Request, SpeculativeEngine
 
 Role = Literal["small", "large"]

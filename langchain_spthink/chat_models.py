@@ -198,6 +198,12 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     device: str | None = Field(
         default=None, description="Torch device for loaded models (default: cuda if available)."
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads of each local model (default: half the cores, at most 4, or "
+        "$SPTHINK_THREADS; holds up when other processes share the CPU).",
+    )
 
     _base_config: SpeculativeThinkingConfig = PrivateAttr(default_factory=SpeculativeThinkingConfig)
 
@@ -354,7 +360,12 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         spec = self.small_model if role == "small" else self.large_model
         if not isinstance(spec, str):
             return spec
-        return load_backend(spec, device=self.device, trust_remote_code=self.trust_remote_code)
+        return load_backend(
+            spec,
+            device=self.device,
+            trust_remote_code=self.trust_remote_code,
+            threads=self.threads,
+        )
 
     def _events(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]

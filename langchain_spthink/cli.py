@@ -36,7 +36,6 @@ from langchain_spthink._cli_output import (
 )
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import PRESETS, SpeculativeThinkingConfig, preset
-from langchain_spthink.engine import Request, SpeculativeEngine
 from langchain_spthink.errors import ConfigError, ModelLoadError, SpThinkError
 from langchain_spthink.events import (
     BudgetEvent,
@@ -73,6 +72,7 @@ class _Context:
     stderr: IO[str]
     backends: BackendSource | None = None
     loaded: dict[str, Backend] = field(default_factory=dict)
+    threads: int | None = None
 
     def backend(self, spec: str) -> Backend:
         """The backend of a model spec, loaded once per invocation."""
@@ -82,7 +82,7 @@ class _Context:
         if source is None:
             from langchain_spthink.loading import load_backend
 
-            backend: Backend = load_backend(spec)
+            backend: Backend = load_backend(spec, threads=self.threads)
         elif isinstance(source, Mapping):
             if spec not in source:
                 raise ModelLoadError(f"unknown model {spec!r}; available: {sorted(source)}")
@@ -98,8 +98,28 @@ class _Context:
 
 
 # ---------------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default unless its help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS)
+        if shown and "default" not in text and (action.option_strings or action.nargs == "?"):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that raises instead of exiting, so :func:`run_cli` returns codes."""
+    """An ``ArgumentParser`` that raises instead of exiting, so :func:`run_cli` returns codes.
+
+    Options must be spelled in full (no abbreviations: ``--max-token`` is an error, not
+    ``--max-tokens``), and each option's help shows its default.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(self, message)
@@ -131,15 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("question", help="the user message ('-' reads it from stdin)")
     add_model_arguments(run, small_default, large_default, sorted(PRESETS))
-    run.add_argument("--system", help="system message")
-    run.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
-    run.add_argument("--top-p", type=float, help="nucleus mass")
-    run.add_argument("--top-k", type=int, help="top-k cut (0 disables)")
-    run.add_argument("--seed", type=int, help="random seed of the request")
+    run.add_argument("--system", help="system message (default: none)")
+    run.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature, 0 = greedy (default: the preset's, 0.6)",
+    )
+    run.add_argument("--top-p", type=float, help="nucleus mass (default: the preset's, 0.95)")
+    run.add_argument("--top-k", type=int, help="top-k cut, 0 disables (default: the preset's, 50)")
+    run.add_argument("--seed", type=int, help="random seed of the request (default: a fresh one)")
     run.add_argument(
         "--max-tokens", type=positive_int, default=512, help="output token budget (default 512)"
     )
-    run.add_argument("--draft-tokens", type=positive_int, help="look-ahead / step length")
+    run.add_argument(
+        "--draft-tokens",
+        type=positive_int,
+        help="look-ahead / step length in tokens (default: the preset's, 20)",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -147,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any config field (VALUE parsed as JSON when it is JSON), e.g. --set begin=false",
+        help="any config field (VALUE parsed as JSON when it is JSON), e.g. --set begin=false; "
+        "repeatable; `spthink config` lists the fields (default: none)",
     )
     add_policy_arguments(run)
     run.add_argument("--json", action="store_true", help="one JSON object per event per line")
@@ -167,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "config",
         help="show the configuration knobs with their values (defaults, or a preset's)",
     )
-    config.add_argument("--preset", choices=sorted(PRESETS), help="show a preset's values")
+    config.add_argument(
+        "--preset", choices=sorted(PRESETS), help="show a preset's values (default: the defaults)"
+    )
     config.add_argument(
         "--set",
         dest="overrides",
@@ -175,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a field, as for run",
+        help="override a field, as for run (default: none)",
     )
     shape = config.add_mutually_exclusive_group()
     shape.add_argument("--markdown", action="store_true", help="a Markdown table (README)")
@@ -193,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="assemble and convert the embedded models into the local cache (idempotent)",
     )
     prepare.add_argument("aliases", nargs="*", help="aliases to prepare (default: all)")
+    prepare.add_argument(
+        "-v", "--verbose", action="store_true", help="show transformers' loading progress bars"
+    )
     prepare.set_defaults(handler=_cmd_models_prepare)
     models.set_defaults(handler=_cmd_models_list)
 
@@ -235,10 +269,15 @@ def _question(args: argparse.Namespace) -> str:
 
 
 def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
+    from langchain_spthink.engine import Request, SpeculativeEngine
+
     config = _config(args)
     question = _question(args)
+    ctx.threads = args.threads
     quiet = args.quiet
-    if ctx.backends is None and not args.verbose:
+    if args.verbose:
+        os.environ["SPTHINK_PROGRESS"] = "1"  # loading progress bars too
+    elif ctx.backends is None:
         _quiet_transformers()
     started = time.monotonic()
     small = ctx.backend(args.small) if args.mode != "large" else None
@@ -266,16 +305,22 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
         None if args.json else TextRenderer(ctx.stdout, color=use_color(args.color, ctx.stdout))
     )
     delegations: list[DelegationEvent] = []
+
+    def note(message: str) -> None:
+        # Own line on a shared terminal: stdout may be mid-line (text streams without newlines).
+        mid_line = renderer is not None and not renderer.at_line_start
+        ctx.note(("\n" if mid_line else "") + message)
+
     for event in engine.generate(request):
         if isinstance(event, DelegationEvent):
             delegations.append(event)
             if args.verbose:
-                ctx.note(describe(event))
+                note(describe(event))
         elif isinstance(event, FallbackEvent):
-            ctx.note(f"spthink: large model failed ({event.reason}); continuing with small")
+            note(f"spthink: large model failed ({event.reason}); continuing with small")
         elif isinstance(event, BudgetEvent) and not quiet:
             then = "small mode" if event.budget == "max_large_tokens" else "answering now"
-            ctx.note(f"spthink: {event.budget}={event.limit} spent; {then}")
+            note(f"spthink: {event.budget}={event.limit} spent; {then}")
         if args.json:
             kinds = delegation_kinds(delegations)
             print(event_json(event, kinds), file=ctx.stdout, flush=True)
@@ -357,6 +402,10 @@ def _cmd_models_list(args: argparse.Namespace, ctx: _Context) -> int:
 def _cmd_models_prepare(args: argparse.Namespace, ctx: _Context) -> int:
     from langchain_spthink.models import load_model
 
+    if args.verbose:
+        os.environ["SPTHINK_PROGRESS"] = "1"
+    else:
+        _quiet_transformers()
     known = _embedded()
     aliases = list(args.aliases) or list(known)
     unknown = [a for a in aliases if a not in known]

@@ -91,6 +91,11 @@ class SpeculativeThinkingConfig(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
                 for err in exc.errors()
             )
+            if any(err["type"] == "extra_forbidden" for err in exc.errors()):
+                problems += (
+                    f"; valid keys: {', '.join(type(self).model_fields)}"
+                    " (`spthink config` shows them with their values)"
+                )
             raise ConfigError(f"invalid speculative-thinking config: {problems}") from exc
 
     @field_validator("triggers")

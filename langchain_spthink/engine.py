@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from langchain_spthink._concurrent import finish_large_step, start_large_step
 from langchain_spthink._judge import next_token_probabilities
@@ -29,7 +29,6 @@ from langchain_spthink._run_base import (
 )
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.config import SpeculativeThinkingConfig
-from langchain_spthink.constraints import ConstraintFactory
 from langchain_spthink.cues import contains_any
 from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
 from langchain_spthink.events import (
@@ -44,6 +43,9 @@ from langchain_spthink.events import (
 )
 from langchain_spthink.policies import BoundaryState, Decision, DelegationPolicy
 from langchain_spthink.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from langchain_spthink.constraints import ConstraintFactory
 
 __all__ = ["Mode", "Request", "Role", "SpeculativeEngine"]
 

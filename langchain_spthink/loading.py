@@ -15,7 +15,7 @@ from langchain_spthink.errors import ModelLoadError, SpThinkError
 
 __all__ = ["check_model_spec", "clear_backend_cache", "load_backend", "spec_name"]
 
-_Key = tuple[str, str | None, bool]  # (spec, device, trust_remote_code)
+_Key = tuple[str, str | None, bool, int | None]  # (spec, device, trust_remote_code, threads)
 
 _BACKENDS: dict[_Key, Backend] = {}
 _LOAD_LOCKS: dict[_Key, threading.Lock] = {}
@@ -70,22 +70,31 @@ def _load_remote(spec: str) -> Backend:
     )
 
 
-def _load_backend_uncached(spec: str, device: str | None, trust_remote_code: bool) -> Backend:
+def _load_backend_uncached(
+    spec: str, device: str | None, trust_remote_code: bool, threads: int | None
+) -> Backend:
     if spec.startswith(REMOTE_PREFIXES):
         return _load_remote(spec)
     if spec.startswith(LLAMACPP_PREFIX):
         from langchain_spthink.backends.llamacpp import LlamaCppBackend
 
-        return cast(Backend, LlamaCppBackend.load(spec[len(LLAMACPP_PREFIX) :]))
+        return cast(Backend, LlamaCppBackend.load(spec[len(LLAMACPP_PREFIX) :], n_threads=threads))
     from langchain_spthink.backends.transformers import TransformersBackend
 
     return cast(
-        Backend, TransformersBackend.load(spec, device=device, trust_remote_code=trust_remote_code)
+        Backend,
+        TransformersBackend.load(
+            spec, device=device, trust_remote_code=trust_remote_code, threads=threads
+        ),
     )
 
 
 def load_backend(
-    spec: str, *, device: str | None = None, trust_remote_code: bool = False
+    spec: str,
+    *,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    threads: int | None = None,
 ) -> Backend:
     """Load a model once per process and return its shared backend.
 
@@ -107,6 +116,8 @@ def load_backend(
             go in the URL. See :class:`~langchain_spthink.backends.remote.RemoteBackend`.
         device: Torch device (default: CUDA when available, else CPU).
         trust_remote_code: Passed to transformers.
+        threads: CPU threads of a local model (transformers or llama.cpp; ignored for remote
+            ones); default :func:`~langchain_spthink.threads.default_threads`.
 
     Returns:
         The loaded backend.
@@ -114,7 +125,7 @@ def load_backend(
     Raises:
         ModelLoadError: The model cannot be resolved or loaded.
     """
-    key = (spec, device, trust_remote_code)
+    key = (spec, device, trust_remote_code, threads)
     with _GUARD:
         hit = _BACKENDS.get(key)
         if hit is not None:
@@ -126,7 +137,7 @@ def load_backend(
         if hit is not None:
             return hit
         try:
-            backend = _load_backend_uncached(spec, device, trust_remote_code)
+            backend = _load_backend_uncached(spec, device, trust_remote_code, threads)
         except SpThinkError:
             raise
         except Exception as exc:

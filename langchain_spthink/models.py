@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from langchain_spthink.errors import ModelLoadError
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
@@ -279,12 +278,34 @@ def _shared_gguf_reader() -> Iterator[None]:
         module.GGUFReader = original
 
 
+PROGRESS_ENV = "SPTHINK_PROGRESS"
+"""Set to 1 to see transformers' loading / conversion progress bars (``spthink ... -v`` does)."""
+
+
+@contextlib.contextmanager
+def _progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars for the block unless ``$SPTHINK_PROGRESS`` is set."""
+    from transformers.utils import logging as hf_logging
+
+    if os.environ.get(PROGRESS_ENV, "") not in ("", "0"):
+        yield
+        return
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def _pretrained(source: str | Path, gguf_file: str | None, dtype: torch.dtype, **kw: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw.update({"gguf_file": gguf_file} if gguf_file else {})
-    tokenizer = AutoTokenizer.from_pretrained(str(source), **kw)
-    return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **kw), tokenizer
+    with _progress_bars():
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kw)
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **kw), tokenizer
 
 
 def _valid_cache(root: Path, digest: str) -> Path | None:
@@ -312,6 +333,8 @@ def _convert(gguf: Path, digest: str, template: str | None, root: Path) -> Path 
             return None
         try:
             logger.info("converting %s into %s (once)", gguf, root / digest[:16])
+            import torch
+
             with _shared_gguf_reader():
                 model, tok = _pretrained(
                     gguf.parent, gguf.name, torch.float32, local_files_only=True
@@ -320,8 +343,9 @@ def _convert(gguf: Path, digest: str, template: str | None, root: Path) -> Path 
             with contextlib.suppress(AttributeError):
                 del model.config.quantization_config
             tok.chat_template = template or tok.chat_template
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+            with _progress_bars():
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
             info = {"format": _CACHE_FORMAT, "sha256": digest, "source": str(gguf.resolve())}
             (tmp / _MARKER).write_text(json.dumps(info, indent=1))
             if not _valid_cache(root, digest):  # else another process finished first
@@ -399,6 +423,8 @@ def load_model(
     Raises:
         ModelLoadError: The spec is unknown, a package or file is missing, or loading failed.
     """
+    import torch
+
     try:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except (RuntimeError, ValueError) as exc:

@@ -2,6 +2,8 @@
 
 The order of the warpers matches transformers' ``generate()`` (temperature, then top-k, then
 top-p), so a seeded request samples from the same distribution as ``generate()`` would.
+:class:`SamplingParams` is importable without torch (the CLI's parser and the config use it);
+the helpers import torch when called.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
+
     from langchain_spthink.constraints import TokenConstraint
 
 __all__ = [
@@ -55,6 +57,8 @@ def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     Returns:
         A new ``[vocab]`` float32 tensor where removed tokens are ``-inf``.
     """
+    import torch
+
     scores = logits.float() / params.temperature
     vocab = scores.shape[-1]
     if 0 < params.top_k < vocab:
@@ -84,6 +88,8 @@ def sample_token(
     Returns:
         The chosen token id.
     """
+    import torch
+
     if params.greedy:
         return int(torch.argmax(logits).item())
     probs = warp_logits(logits, params).softmax(dim=-1)
@@ -102,6 +108,8 @@ def request_generator(
     Returns:
         A generator, or ``None`` for greedy decoding.
     """
+    import torch
+
     if params.greedy:
         return None
     generator = torch.Generator(device=device)

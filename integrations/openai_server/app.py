@@ -475,6 +475,53 @@ class _EventStream(StreamingResponse):
                 await self._on_close()
 
 
+class _AccessLog:
+    """ASGI middleware: one INFO line per HTTP request, written when its response has ended.
+
+    ``POST /v1/chat/completions 200 tokens=42 delegations=1 seconds=3.21``: the handler leaves
+    ``tokens`` / ``delegations`` in ``request.state`` (``-`` when a request produced none). No
+    header, body or key is logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state: dict[str, Any] = scope.setdefault("state", {})
+        status = 0
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            logger.info(
+                "%s %s %s tokens=%s delegations=%s seconds=%.2f",
+                scope.get("method", "-"),
+                scope.get("path", "-"),
+                status or "-",
+                state.get("tokens", "-"),
+                state.get("delegations", "-"),
+                time.perf_counter() - started,
+            )
+
+
+def _log_totals(request: Request, totals: _Totals) -> None:
+    """Leave the request's output tokens and delegation count for the access log."""
+    request.state.tokens = totals.output_tokens
+    summary = totals.summary or {}
+    delegations = summary.get("delegations")
+    request.state.delegations = len(delegations) if isinstance(delegations, list) else "-"
+
+
 def create_app(
     model: ModelSource,
     *,
@@ -538,6 +585,7 @@ def create_app(
         description=__doc__,
     )
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_AccessLog)  # added last: outermost, so it sees 413s too
     app.state.chat_model = chat_model
     app.state.limiter = limiter
 
@@ -699,6 +747,7 @@ def create_app(
             with anyio.CancelScope(shield=True):
                 await items.aclose()
             slot.release()
+        _log_totals(request, totals)
         reasoning = "".join(totals.reasoning) or None
         message: dict[str, Any] = {
             "role": "assistant",
@@ -826,6 +875,7 @@ def create_app(
                 yield _sse(_error_of(exc).body)
                 yield "data: [DONE]\n\n"
                 return
+            _log_totals(request, totals)
             yield chunk({}, totals.finish_reason, spthink={"summary": totals.summary})
             if include_usage:
                 yield _sse(

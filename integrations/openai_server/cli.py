@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ DEFAULT_API_KEY_ENV = "SPTHINK_API_KEY"
 class _BackendContext(Protocol):
     """What :func:`cmd_serve` uses of the ``spthink`` CLI's context (optional)."""
 
+    threads: int | None
+
     def backend(self, spec: str) -> Any: ...
 
 
@@ -38,6 +41,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _log_requests(level: str) -> None:
+    """Send the server's request lines (logger ``spthink.server``) to stderr, as uvicorn does."""
+    logger = logging.getLogger("spthink.server")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel("DEBUG" if level == "trace" else level.upper())
 
 
 def serve(
@@ -71,6 +85,7 @@ def serve(
             file=sys.stderr,
         )
     app = create_app(model, **app_kwargs)
+    _log_requests(log_level)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
@@ -98,7 +113,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--small", default=small_default, help=f"small model ({small_default})")
     parser.add_argument("--large", default=large_default, help=f"large model ({large_default})")
-    parser.add_argument("--mode", choices=("speculative", "small", "large"), default="speculative")
+    parser.add_argument(
+        "--mode",
+        choices=("speculative", "small", "large"),
+        default="speculative",
+        help="speculative: both models; small / large: one model alone (default speculative)",
+    )
     parser.add_argument(
         "--preset",
         choices=("instruct", "reasoning"),
@@ -106,7 +126,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="paper configuration (default instruct)",
     )
     parser.add_argument("--temperature", type=float, help="default sampling temperature")
-    parser.add_argument("--max-tokens", type=int, default=512, help="default output budget")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        help="output budget of a request that sets none (default 512)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument(
@@ -122,13 +147,45 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-key",
         default=None,
-        help="the API key itself (visible in the process list: prefer --api-key-env)",
+        help="the API key itself (visible in the process list: prefer --api-key-env; "
+        "default: none)",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
-    parser.add_argument("--max-tokens-limit", type=int, default=4096)
-    parser.add_argument("--max-concurrency", type=int, default=1)
-    parser.add_argument("--max-queue", type=int, default=8)
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of each local model (default: half the cores, at most 4, or "
+        "$SPTHINK_THREADS)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1_000_000,
+        help="largest request body accepted; larger gets 413 (default 1000000)",
+    )
+    parser.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=4096,
+        help="largest max_tokens a request may ask for; more gets 400 (default 4096)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=1,
+        help="requests generating at once; the others wait in the queue (default 1)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=8,
+        help="requests waiting for a slot; more get 503 (default 8)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        help="server log level; info logs one line per request (default info)",
+    )
     parser.set_defaults(handler=cmd_serve)
     return parser
 
@@ -159,6 +216,7 @@ def build_model(args: argparse.Namespace, ctx: _BackendContext | None = None) ->
     small: Any = args.small
     large: Any = args.large
     if ctx is not None:
+        ctx.threads = args.threads
         if args.mode != "large":
             small = ctx.backend(args.small)
         if args.mode != "small":
@@ -169,6 +227,7 @@ def build_model(args: argparse.Namespace, ctx: _BackendContext | None = None) ->
     return ChatSpeculativeThinking(
         small_model=small,
         large_model=large,
+        threads=args.threads,
         mode=args.mode,
         preset=args.preset,
         max_tokens=args.max_tokens,

@@ -18,7 +18,6 @@ Built against ``llama-cpp-python==0.3.36`` (uses ``Llama._ctx``, a private attri
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
 from langchain_spthink.handoff import common_prefix_length
 from langchain_spthink.sampling import SamplingParams, request_generator, sample_constrained
+from langchain_spthink.threads import resolve_threads
 
 if TYPE_CHECKING:
     from langchain_spthink.constraints import TokenConstraint
@@ -60,8 +60,9 @@ class LlamaCppBackend:
         name: Name shown in events and metadata (defaults to the file name).
         chat_template: Jinja chat template; defaults to the GGUF's ``tokenizer.chat_template``.
         n_ctx: Context length of each llama.cpp context.
-        n_threads: CPU threads for decoding and prompt processing (default: all available
-            cores; llama.cpp's own default is half).
+        n_threads: CPU threads for decoding and prompt processing (default:
+            :func:`~langchain_spthink.threads.default_threads`, which holds up when other
+            processes share the CPU).
         max_contexts: Contexts created on demand for concurrent sessions (weights are
             memory-mapped and shared). A session waits for a free context beyond that.
         wait_timeout: Seconds a new session waits for a free context before failing.
@@ -87,7 +88,7 @@ class LlamaCppBackend:
         self.model_path = path
         self._name = name or path.name
         self._n_ctx = n_ctx
-        self._threads = n_threads or len(os.sched_getaffinity(0))
+        self._threads = resolve_threads(n_threads)
         self._max_contexts = max_contexts
         self._wait_timeout = wait_timeout
         self._pool_lock = threading.Condition()

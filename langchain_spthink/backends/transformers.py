@@ -21,6 +21,7 @@ from transformers import DynamicCache
 from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.errors import BackendError, InvalidRequestError
 from langchain_spthink.sampling import SamplingParams, request_generator, sample_constrained
+from langchain_spthink.threads import resolve_threads, use_torch_threads
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,6 +43,9 @@ class TransformersBackend:
             config's EOS ids.
         context_length: Maximum sequence length; defaults to the model config's
             ``max_position_embeddings``.
+        threads: torch CPU threads for this model's forwards, applied in whichever thread runs
+            them (default: :func:`~langchain_spthink.threads.default_threads`, which holds up
+            when other processes share the CPU).
     """
 
     def __init__(
@@ -53,7 +57,9 @@ class TransformersBackend:
         chat_template: str | None = None,
         eos_ids: frozenset[int] | None = None,
         context_length: int | None = None,
+        threads: int | None = None,
     ) -> None:
+        self.threads = resolve_threads(threads)
         self.model = model
         self.tokenizer = tokenizer
         self._name = name
@@ -74,6 +80,7 @@ class TransformersBackend:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
+        threads: int | None = None,
     ) -> TransformersBackend:
         """Load an alias, hub id, local directory or ``.gguf`` file (see :mod:`..models`)."""
         from langchain_spthink.models import eos_token_ids, load_model
@@ -85,6 +92,7 @@ class TransformersBackend:
             name=loaded.name,
             chat_template=loaded.chat_template,
             eos_ids=eos_token_ids(loaded),
+            threads=threads,
         )
 
     @property
@@ -223,6 +231,7 @@ class TransformersSession:
             self._crop(len(self._ids) - 1)
         pending = self._ids[self._cached :]
         input_ids = torch.tensor([pending], dtype=torch.long, device=self._backend.device)
+        use_torch_threads(self._backend.threads)
         with torch.inference_mode():
             out: Any = self._backend.model(
                 input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1

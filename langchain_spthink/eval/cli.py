@@ -47,6 +47,9 @@ class CliContext(Protocol):
         """Where progress and notes go."""
         ...
 
+    threads: int | None
+    """CPU threads of the local models it loads (``None``: the default)."""
+
     def backend(self, spec: str) -> Backend:
         """The backend of a model spec (loaded once)."""
         ...
@@ -82,7 +85,7 @@ def add_eval_parsers(subparsers: Any) -> None:
         help=f"one of {', '.join(DATASETS)}, or a JSONL file with id, problem, answer",
     )
     add_model_arguments(ev, small_default, large_default, sorted(PRESETS))
-    ev.add_argument("--limit", type=positive_int, help="first N problems only")
+    ev.add_argument("--limit", type=positive_int, help="first N problems only (default: all)")
     ev.add_argument(
         "--samples", type=positive_int, default=1, help="answers per problem (pass@1 averaged)"
     )
@@ -90,9 +93,11 @@ def add_eval_parsers(subparsers: Any) -> None:
         "--max-tokens", type=positive_int, default=1024, help="output budget per answer (1024)"
     )
     ev.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    ev.add_argument("--temperature", type=float, help="sampling temperature (paper: 0.6)")
-    ev.add_argument("--top-p", type=float, help="nucleus mass (paper: 0.95)")
-    ev.add_argument("--top-k", type=int, help="top-k cut (paper: 50)")
+    ev.add_argument(
+        "--temperature", type=float, help="sampling temperature (default: the preset's; paper: 0.6)"
+    )
+    ev.add_argument("--top-p", type=float, help="nucleus mass (default: the preset's; paper: 0.95)")
+    ev.add_argument("--top-k", type=int, help="top-k cut (default: the preset's; paper: 50)")
     ev.add_argument("--greedy", action="store_true", help="greedy decoding (temperature 0)")
     ev.add_argument(
         "--set",
@@ -101,7 +106,7 @@ def add_eval_parsers(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any config field (VALUE parsed as JSON when it is JSON)",
+        help="any config field (VALUE parsed as JSON when it is JSON; default: none)",
     )
     add_policy_arguments(ev)
     ev.add_argument(
@@ -119,7 +124,7 @@ def add_eval_parsers(subparsers: Any) -> None:
         "PNG plots too.",
     )
     rep.add_argument("runs", nargs="+", help="JSONL files written by spthink eval")
-    rep.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
+    rep.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR (default: no plots)")
     rep.add_argument("--json", action="store_true", help="JSON summaries instead of a table")
     rep.set_defaults(handler=cmd_report)
 
@@ -156,6 +161,7 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
 def cmd_eval(args: argparse.Namespace, ctx: CliContext) -> int:
     """Handler of ``spthink eval``."""
     settings = _settings(args)
+    ctx.threads = args.threads
     problems = load_dataset(args.dataset, args.limit)
     if not problems:
         raise ConfigError(f"dataset {args.dataset!r} has no problems")
@@ -223,6 +229,7 @@ class _Context:
     stderr: IO[str]
     backends: Mapping[str, Backend] | Callable[[str], Backend] | None = None
     loaded: dict[str, Backend] = field(default_factory=dict)
+    threads: int | None = None
 
     def backend(self, spec: str) -> Backend:
         if spec not in self.loaded:
@@ -230,7 +237,7 @@ class _Context:
             if source is None:
                 from langchain_spthink.loading import load_backend
 
-                self.loaded[spec] = load_backend(spec)
+                self.loaded[spec] = load_backend(spec, threads=self.threads)
             elif isinstance(source, Mapping):
                 if spec not in source:
                     raise ModelLoadError(f"unknown model {spec!r}; available: {sorted(source)}")

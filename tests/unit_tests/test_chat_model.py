@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 from typing import Any
@@ -20,7 +21,7 @@ from langchain_core.messages import (
 )
 from langchain_core.runnables import RunnableLambda
 
-from langchain_spthink import chat_models, loading
+from langchain_spthink import _streaming, chat_models, loading
 from langchain_spthink.callbacks import (
     DELEGATION_EVENT,
     FALLBACK_EVENT,
@@ -239,11 +240,21 @@ def test_call_time_sampling_overrides_fields() -> None:
     assert large.samplings[-1] == SamplingParams(0.3, 0.5, 7, 12)
 
 
-def test_timeout_returns_partial_answer() -> None:
-    small = ScriptedBackend(LONG, name="s", on_token=lambda: time.sleep(0.002))
-    result = make(small, mode="small", timeout=0.05).invoke("hi")
+def test_timeout_returns_partial_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No wall clock: the engine's clock is a fake that only the model's tokens advance, 1 s per
+    # token, so the 5.5 s cap falls right after the sixth token on any machine.
+    now = [0.0]
+
+    def tick() -> None:
+        now[0] += 1.0
+
+    monkeypatch.setattr(
+        _streaming, "SpeculativeEngine", functools.partial(SpeculativeEngine, clock=lambda: now[0])
+    )
+    small = ScriptedBackend(LONG, name="s", on_token=tick)
+    result = make(small, mode="small", timeout=5.5).invoke("hi")
     assert result.response_metadata["finish_reason"] == "timeout"
-    assert result.content and len(str(result.content)) < len(LONG[0])
+    assert result.content == "w0 w1 w2 w3 w4 w5"
 
 
 # -------------------------------------------------------------------- reasoning split
@@ -513,7 +524,7 @@ def test_small_and_large_modes() -> None:
 def test_large_mode_does_not_load_small_and_vice_versa(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[str] = []
 
-    def fake(spec: str, device: Any, trust: bool) -> ScriptedBackend:
+    def fake(spec: str, device: Any, trust: bool, threads: Any) -> ScriptedBackend:
         loaded.append(spec)
         return ScriptedBackend(PLAIN, name=spec)
 
@@ -535,28 +546,35 @@ def test_sync_stream_close_stops_generation() -> None:
     assert small.tokens_sampled < 20
 
 
+# 0.01 s per token: the whole 400-token LONG script takes >= 4 s (a sleep only gets longer on
+# a busy machine), so "stopped before the script's end" is a generous bound on how soon a close
+# or cancel takes effect (normally within a token or two).
+SLOW = 0.01
+
+
 async def test_astream_aclose_stops_generation_and_frees_session() -> None:
-    small = ScriptedBackend(LONG, name="s", on_token=lambda: time.sleep(0.002))
+    small = ScriptedBackend(LONG, name="s", on_token=lambda: time.sleep(SLOW))
     stream = make(small, mode="small").astream("hi")
     async for _ in stream:
         break
     await stream.aclose()  # type: ignore[attr-defined]
-    assert small.sessions[0].closed
+    assert small.sessions[0].closed  # aclose waited for the worker to close the session
     sampled = small.tokens_sampled
-    await asyncio.sleep(0.05)
-    assert small.tokens_sampled == sampled < 100
+    await asyncio.sleep(0.05)  # a closed session writes nothing more (waiting longer is stricter)
+    assert small.tokens_sampled == sampled < 400
 
 
 async def test_astream_task_cancel_stops_generation() -> None:
-    small = ScriptedBackend(LONG, name="s", on_token=lambda: time.sleep(0.002))
+    small = ScriptedBackend(LONG, name="s", on_token=lambda: time.sleep(SLOW))
     model = make(small, mode="small")
+    started = asyncio.Event()
 
     async def consume() -> None:
         async for _ in model.astream("hi"):
-            pass
+            started.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await started.wait()  # cancelled mid-generation, however fast or slow the machine is
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -567,20 +585,34 @@ async def test_astream_task_cancel_stops_generation() -> None:
 
 
 async def test_async_does_not_block_the_loop() -> None:
-    small = ScriptedBackend(LONG[:1], name="s", on_token=lambda: time.sleep(0.001))
+    """Generation runs off the event loop: mid-generation, a task on the loop gets to run.
+
+    The model pauses after its fifth token until that task answers. Were generation running on
+    the loop, the task could only run after it, and the pause would give up (after 20 s: a hang
+    guard, not a timing) with the answer missing.
+    """
+    answered = threading.Event()
+    waited: list[bool] = []
+    seen: list[int] = []
+
+    def on_token() -> None:
+        if small.tokens_sampled == 5:
+            waited.append(answered.wait(20))
+
+    small = ScriptedBackend(LONG[:1], name="s", on_token=on_token)
     model = make(small, mode="small", max_tokens=150)
-    ticks = 0
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
+    async def on_the_loop() -> None:
+        while small.tokens_sampled < 5:
+            await asyncio.sleep(0.001)
+        seen.append(small.tokens_sampled)
+        answered.set()
 
-    tick_task = asyncio.create_task(ticker())
-    await model.ainvoke("hi")
-    tick_task.cancel()
-    assert ticks >= 5
+    task = asyncio.create_task(on_the_loop())
+    reply = await model.ainvoke("hi")
+    await task
+    assert waited == [True] and seen == [5]
+    assert reply.content == " ".join(f"w{i}" for i in range(150))
 
 
 # --------------------------------------------------------------- prompt rendering
@@ -721,11 +753,13 @@ def test_unloadable_model_fails_fast() -> None:
     model = ChatSpeculativeThinking(small_model="/nonexistent/model.gguf", mode="small")
     with pytest.raises(ModelLoadError, match="nonexistent"):
         model.invoke("hi")
+    # A missing file is refused in milliseconds; 30 s only catches retrying or waiting on a
+    # network, and holds on a CPU loaded 10x and more.
     assert time.monotonic() - started < 30
 
 
 def test_loader_errors_become_model_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(spec: str, device: Any, trust: bool) -> Any:
+    def broken(spec: str, device: Any, trust: bool, threads: Any) -> Any:
         raise OSError("disk on fire")
 
     monkeypatch.setattr(loading, "_load_backend_uncached", broken)
@@ -737,7 +771,7 @@ def test_loader_errors_become_model_load_error(monkeypatch: pytest.MonkeyPatch) 
 def test_lazy_loading_shared_across_copies(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def fake(spec: str, device: Any, trust: bool) -> ScriptedBackend:
+    def fake(spec: str, device: Any, trust: bool, threads: Any) -> ScriptedBackend:
         calls.append(spec)
         return ScriptedBackend(PLAIN, name=spec)
 
@@ -756,7 +790,7 @@ def test_lazy_loading_shared_across_copies(monkeypatch: pytest.MonkeyPatch) -> N
 def test_concurrent_first_calls_load_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def slow(spec: str, device: Any, trust: bool) -> ScriptedBackend:
+    def slow(spec: str, device: Any, trust: bool, threads: Any) -> ScriptedBackend:
         calls.append(spec)
         time.sleep(0.05)
         return ScriptedBackend(PLAIN, name=spec)
