@@ -47,9 +47,22 @@ from langchain_spthink.sampling import SamplingParams
 if TYPE_CHECKING:
     from langchain_spthink.constraints import ConstraintFactory
 
-__all__ = ["Mode", "Request", "Role", "SpeculativeEngine"]
+__all__ = ["BEGIN_SHARE", "Mode", "Request", "Role", "SpeculativeEngine", "begin_budget"]
 
 Mode = Literal["speculative", "small", "large"]
+
+BEGIN_SHARE = 2
+"""The large model's opening takes at most 1/BEGIN_SHARE of a request's ``max_tokens``."""
+
+
+def begin_budget(begin_tokens: int, max_tokens: int) -> int:
+    """Length of the large model's opening: ``begin_tokens``, capped at half of ``max_tokens``.
+
+    The paper's opening is 100 tokens whatever the budget; with a short budget (e.g. 20) that
+    would leave the small model nothing to write, so the opening never takes more than half.
+    0 (no opening) when ``max_tokens < 2``.
+    """
+    return min(begin_tokens, max_tokens // BEGIN_SHARE)
 
 
 @dataclass(frozen=True)
@@ -213,8 +226,9 @@ class _Run(RunBase):
     def _speculative(self) -> Iterator[Event]:
         cfg = self.cfg
         try:
-            if cfg.begin and not self.answer_switch:
-                yield from self._large_live("begin", cfg.begin_tokens, "begin")
+            opening = begin_budget(cfg.begin_tokens, self.request.max_tokens) if cfg.begin else 0
+            if opening and not self.answer_switch:
+                yield from self._large_live("begin", opening, "begin")
             at_boundary, carry = False, self._carry(0)
             while not self.answer_switch:
                 if not at_boundary:

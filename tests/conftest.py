@@ -1,53 +1,39 @@
-"""Fixtures shared by the whole suite: tokenizers and tiny random-weight models, built once."""
+"""Fixtures shared by the whole suite: a tiny local tokenizer and tiny random-weight models.
+
+Nothing here reads a model file: the tokenizer is trained offline from text in this repository
+(:mod:`tests.tiny_models`). Fixtures over the embedded real models (``smol_tokenizer``,
+``small_backend``, ...) live in ``tests/integration_tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-
-@pytest.fixture(scope="session")
-def smol_tokenizer() -> Any:
-    """The SmolLM2 tokenizer, from the embedded GGUF (offline)."""
-    from langchain_spthink.models import load_model
-
-    return load_model("smollm2-135m-instruct").tokenizer
-
-
-def _tiny_llama(vocab: int, seed: int, hidden: int, layers: int) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        initializer_range=0.5,
-    )
-    return LlamaForCausalLM(config).eval()
+from tests import tiny_models
 
 
 @pytest.fixture(scope="session")
-def tiny_pair(smol_tokenizer: Any) -> tuple[Any, Any]:
-    """Two tiny random Llama models sharing the SmolLM2 tokenizer (small, large)."""
-    from langchain_spthink.backends.transformers import TransformersBackend
+def tiny_tokenizer() -> Any:
+    """A byte-level BPE tokenizer (~1k tokens, ChatML, EOS ``<|im_end|>``), built offline."""
+    return tiny_models.build_tiny_tokenizer()
 
-    vocab = len(smol_tokenizer)
-    eos = frozenset({int(smol_tokenizer.eos_token_id)})
-    small = TransformersBackend(
-        _tiny_llama(vocab, 0, 64, 2), smol_tokenizer, name="tiny-small", eos_ids=eos
-    )
-    large = TransformersBackend(
-        _tiny_llama(vocab, 1, 96, 3), smol_tokenizer, name="tiny-large", eos_ids=eos
-    )
-    return small, large
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny tokenizer saved as a local model directory (a spec for ``load_tokenizer``)."""
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_tokenizer: Any) -> tuple[Any, Any]:
+    """Two tiny random Llama models sharing the tiny tokenizer (small, large)."""
+    return tiny_models.tiny_pair(tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")

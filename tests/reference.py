@@ -94,8 +94,8 @@ def reference_run(
     negatives, recap_budget, recap_after = 0, cfg.recap_tokens, cfg.recap_after_negatives
     try:
         bpos = 0  # output characters before the current boundary
-        if cfg.begin:
-            ids, e = gen(large, large_prompt, cfg.begin_tokens, None)
+        if cfg.begin and max_tokens // 2:  # the opening takes at most half the budget
+            ids, e = gen(large, large_prompt, min(cfg.begin_tokens, max_tokens // 2), None)
             result.decisions.append(("begin", "large", decode(ids)))
             keep(ids, e)
         while True:

@@ -43,8 +43,8 @@ def hf_greedy(backend: TransformersBackend, prompt: list[int], n: int) -> str:
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_small_mode_equals_generate_on_tiny_model(tiny_pair: Any, prompt: str) -> None:
-    small, _ = tiny_pair
+def test_small_mode_equals_generate_on_tiny_model(tiny_pair_smol: Any, prompt: str) -> None:
+    small, _ = tiny_pair_smol
     ids = small.encode(prompt)
     events = list(
         SpeculativeEngine(small, None).generate(Request(ids, ids, 48, GREEDY, mode="small"))
@@ -84,8 +84,8 @@ def _random_walk(session: TransformersSession, model: Any, steps: int, seed: int
         torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
 
 
-def test_cache_catch_up_equals_full_prefill_llama(tiny_pair: Any) -> None:
-    small, _ = tiny_pair
+def test_cache_catch_up_equals_full_prefill_llama(tiny_pair_smol: Any) -> None:
+    small, _ = tiny_pair_smol
     session = small.new_session(small.encode("Hello there, friend."), GREEDY)
     _random_walk(session, small.model, 25, seed=0)
     assert session.forwarded < 25 * 12  # catch-up only, never a re-prefill of the prefix
@@ -146,9 +146,9 @@ CONFIGS = [
 
 @pytest.mark.parametrize("overrides", CONFIGS)
 def test_speculative_equals_naive_reference_on_tiny_models(
-    tiny_pair: Any, overrides: dict[str, Any]
+    tiny_pair_smol: Any, overrides: dict[str, Any]
 ) -> None:
-    small, large = tiny_pair
+    small, large = tiny_pair_smol
     config = SpeculativeThinkingConfig(
         **{
             "draft_tokens": 4,

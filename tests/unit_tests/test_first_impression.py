@@ -16,6 +16,7 @@ import torch
 import langchain_spthink
 from langchain_spthink import threads as threads_mod
 from langchain_spthink.cli import build_parser, run_cli
+from langchain_spthink.sampling import SamplingParams
 from langchain_spthink.testing import ScriptedBackend
 
 HEAVY = ("torch", "transformers", "langchain_core", "llama_cpp", "numpy")
@@ -248,3 +249,27 @@ def test_the_server_logs_one_line_per_request(caplog: pytest.LogCaptureFixture) 
     assert lines[2].startswith("GET /health 200 tokens=- delegations=-")
     assert lines[3].startswith("POST /v1/chat/completions 400 tokens=-")
     assert not any("Authorization" in line or "2+2" in line for line in lines)
+
+
+# ------------------------------------------------------------------------------ begin cap
+@pytest.mark.parametrize(("max_tokens", "opening"), [(20, 10), (9, 4), (1, 0), (400, 100)])
+def test_the_opening_never_takes_the_whole_budget(max_tokens: int, opening: int) -> None:
+    from langchain_spthink import Request, SpeculativeEngine, paper_instruct
+    from langchain_spthink.events import DelegationEvent, FinishEvent
+
+    words = " ".join(f"w{i}" for i in range(500))
+    small = ScriptedBackend([words], name="s")
+    large = ScriptedBackend([words.upper()], name="L")
+    prompt = small.encode("Q?")
+    events = list(
+        SpeculativeEngine(small, large, paper_instruct()).generate(
+            Request(prompt, prompt, max_tokens, SamplingParams(temperature=0.0))
+        )
+    )
+    begins = [e for e in events if isinstance(e, DelegationEvent) and e.kind == "begin"]
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent)
+    # paper_instruct: begin_tokens = 100, capped at max_tokens // 2 (hand-computed opening)
+    assert [e.large_tokens for e in begins] == ([opening] if opening else [])
+    assert finish.large.kept_tokens == opening
+    assert finish.small.kept_tokens == max_tokens - opening

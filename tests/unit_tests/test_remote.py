@@ -1,7 +1,12 @@
 """The remote backend against a scripted in-process OpenAI-compatible server on loopback.
 
 The fake server speaks the completions streaming protocol (SSE over chunked HTTP/1.1) and can be
-told to stream given text, answer 500, hang, cut the connection mid-stream or send garbage.
+told to stream given text, answer 500, hang, cut the connection mid-stream or send garbage. The
+local tokenizer is the tiny offline one (``tiny_tokenizer``: byte-level BPE, ChatML).
+
+Wall time: requests that are not about timeouts use a 30 s read timeout (the fake server answers
+at once); timeouts are checked against a server that hangs for 60 s, with bounds far above the
+configured timeout (a CPU loaded 10x adds seconds, not tens of seconds) and far below the hang.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -28,7 +35,7 @@ from langchain_spthink import (
     SpeculativeThinkingConfig,
     TextEvent,
 )
-from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
+from langchain_spthink.backends.remote import RemoteBackend
 from langchain_spthink.errors import BackendError, ModelLoadError
 from langchain_spthink.loading import load_backend
 from langchain_spthink.testing import ScriptedBackend
@@ -38,6 +45,10 @@ GREEDY = SamplingParams(temperature=0.0)
 # What the fake server does for one request: ("stream", chunks, finish_reason, usage or None),
 # ("status", code), ("hang",), ("cut", chunks), ("raw", content_type, body), ("slow", chunks).
 Action = tuple[Any, ...]
+HANG_SECONDS = 60.0
+# Read timeout of requests whose test is not about timeouts: never reached (the server answers at
+# once), so a loaded machine cannot turn it into a failure.
+NO_TIMEOUT = 30.0
 
 
 class FakeServer:
@@ -78,8 +89,8 @@ class FakeServer:
                     self.end_headers()
                     self.wfile.write(payload.encode())
                     return
-                if kind == "hang":
-                    server.release.wait(10)
+                if kind == "hang":  # until the server closes; at most HANG_SECONDS
+                    server.release.wait(HANG_SECONDS)
                     return
                 if kind == "raw":
                     self.send_response(200)
@@ -154,11 +165,6 @@ def chunk(text: str, finish: str | None) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def smol_tok() -> Any:
-    return load_tokenizer("smollm2-135m-instruct")[0]
-
-
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
     srv = FakeServer()
@@ -167,9 +173,13 @@ def server() -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-def make(server: FakeServer, smol_tok: Any) -> Callable[..., RemoteBackend]:
+def make(server: FakeServer, tiny_tokenizer: Any) -> Callable[..., RemoteBackend]:
     def factory(**kw: Any) -> RemoteBackend:
-        opts: dict[str, Any] = {"timeout": 2.0, "max_retries": 0, "tokenizer": smol_tok}
+        opts: dict[str, Any] = {
+            "timeout": NO_TIMEOUT,
+            "max_retries": 0,
+            "tokenizer": tiny_tokenizer,
+        }
         opts.update(kw)
         return RemoteBackend(server.url, "fake", **opts)
 
@@ -265,7 +275,10 @@ def test_early_close_closes_the_http_stream(
     first = [next(gen) for _ in range(3)]
     gen.close()
     assert len(session.ids) == len(prompt(backend)) + 3 and session.ids[-3:] == first
-    assert server.disconnected.wait(5), "the server kept streaming to a closed consumer"
+    # The server notices at its first or second write after the close (it writes every 20 ms, for
+    # 4 s at least): milliseconds; 30 s is room for a CPU loaded 10x. If the client kept the
+    # connection open, the server would write all 200 chunks and never set the event.
+    assert server.disconnected.wait(30), "the server kept streaming to a closed consumer"
 
 
 # ---------------------------------------------------------------- faults -> BackendError
@@ -291,7 +304,9 @@ def test_hang_times_out(server: FakeServer, make: Callable[..., RemoteBackend]) 
     started = time.monotonic()
     with pytest.raises(BackendError, match="timed out"):
         list(backend.new_session(prompt(backend), GREEDY).stream(5))
-    assert time.monotonic() - started < 3
+    # The 0.5 s read timeout ended the wait, not the server (it hangs for 60 s): the request
+    # takes ~0.5 s; a CPU loaded 10x adds a few seconds at most, far below 30 s.
+    assert time.monotonic() - started < 30
 
 
 def test_cut_mid_stream(server: FakeServer, make: Callable[..., RemoteBackend]) -> None:
@@ -325,19 +340,25 @@ def test_garbage_is_backend_error(
         list(backend.new_session(prompt(backend), GREEDY).stream(5))
 
 
-def test_connection_refused(smol_tok: Any) -> None:
+def test_connection_refused(tiny_tokenizer: Any) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     backend = RemoteBackend(
-        f"http://127.0.0.1:{port}/v1", "fake", tokenizer=smol_tok, timeout=2, max_retries=0
+        f"http://127.0.0.1:{port}/v1",
+        "fake",
+        tokenizer=tiny_tokenizer,
+        timeout=NO_TIMEOUT,
+        max_retries=0,
     )
     with pytest.raises(BackendError, match="cannot connect"):
         list(backend.new_session(prompt(backend), GREEDY).stream(5))
 
 
 # ---------------------------------------------------------------- backend surface
-def test_fingerprint_matches_transformers_definition(smol_tok: Any, server: FakeServer) -> None:
+def test_fingerprint_matches_transformers_definition(
+    tiny_tokenizer: Any, server: FakeServer
+) -> None:
     from langchain_spthink.backends.transformers import TransformersBackend
 
     class _Cfg:
@@ -349,7 +370,7 @@ def test_fingerprint_matches_transformers_definition(smol_tok: Any, server: Fake
     class _Model:
         config = _Cfg()
 
-    local = TransformersBackend(_Model(), smol_tok, name="local", eos_ids=frozenset({2}))  # type: ignore[arg-type]
+    local = TransformersBackend(_Model(), tiny_tokenizer, name="local", eos_ids=frozenset({2}))  # type: ignore[arg-type]
     remote = RemoteBackend(server.url, "m", tokenizer=local, max_retries=0)
     assert remote.tokenizer_fingerprint == local.tokenizer_fingerprint
     assert remote.eos_ids == frozenset({2}) and remote.context_length == 2048
@@ -358,13 +379,17 @@ def test_fingerprint_matches_transformers_definition(smol_tok: Any, server: Fake
     )
 
 
-def test_url_spec(server: FakeServer) -> None:
+def test_url_spec(server: FakeServer, tiny_tokenizer: Any, tiny_tokenizer_dir: Path) -> None:
     spec = (
-        f"openai+http://127.0.0.1:{server.port}/v1?model=served&tokenizer=smollm2-135m-instruct"
+        f"openai+http://127.0.0.1:{server.port}/v1?model=served"
+        f"&tokenizer={quote(str(tiny_tokenizer_dir))}"
         "&timeout=3&max_retries=0&context_length=1024&name=big"
     )
     backend = load_backend(spec)
     assert isinstance(backend, RemoteBackend)
+    assert backend.encode("Hello 日本") == tiny_tokenizer.encode(
+        "Hello 日本", add_special_tokens=False
+    )
     assert backend.base_url == server.url and backend.model == "served" and backend.name == "big"
     assert backend.timeout == 3.0 and backend.max_retries == 0 and backend.context_length == 1024
     with pytest.raises(ModelLoadError, match="unknown option"):
@@ -457,7 +482,7 @@ def test_concurrent_drafts_same_output_and_time_saved(
     results = []
     with ThreadPoolExecutor(2) as pool:
         for executor in (None, pool):
-            small = ScriptedBackend(script, name="small", on_token=lambda: time.sleep(0.01))
+            small = ScriptedBackend(script, name="small", on_token=lambda: time.sleep(0.03))
             engine = SpeculativeEngine(small, large, config, executor=executor)
             request = Request(small.encode("Q: go"), large.encode("Q: go"), 200, GREEDY)
             events = list(engine.generate(request))
@@ -469,4 +494,7 @@ def test_concurrent_drafts_same_output_and_time_saved(
     assert conc.text == seq.text and conc_kinds == seq_kinds and seq_kinds
     assert conc.extra["concurrent_steps"] >= len(conc_kinds)
     assert conc.extra["concurrent_steps_discarded"] >= 1  # neutral drafts discard their step
+    # A step saves draft + large - elapsed, i.e. the draft's time minus the delay before the worker
+    # thread starts the large step (both sleep, so overlap): a draft sleeps >= 6 x 0.03 s, and a
+    # thread starts within milliseconds even on a CPU loaded 10x, so some time is saved.
     assert conc.extra["concurrent_seconds_saved"] > 0
