@@ -1,20 +1,22 @@
 """Constrained decoding: the llguidance grammar constraint, and every backend honouring it.
 
-The property tests sample at temperature 1 from tiny *random-weight* models with the real SmolLM2
-tokenizer (49152 ids): the model itself has no idea of JSON, so a valid, schema-conforming output
-every time is the mask's doing. Validation is independent of the grammar: pydantic models.
+The property tests sample at temperature 1 from tiny *random-weight* models with the tiny
+byte-level BPE tokenizer of ``tests/tiny_models.py`` (1024 ids): the model itself has no idea of
+JSON, so a valid, schema-conforming output every time is the mask's doing. Validation is
+independent of the grammar: pydantic models.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_spthink.backends.remote import RemoteBackend
 from langchain_spthink.backends.transformers import TransformersBackend
@@ -166,8 +168,8 @@ def test_the_llguidance_tokenizer_is_built_once_per_backend(tiny_pair: tuple[Any
     assert llg_tokenizer(large) is not llg_tokenizer(small)
 
 
-def test_remote_models_cannot_be_constrained(smol_tokenizer: Any) -> None:
-    remote = RemoteBackend("http://127.0.0.1:9/v1", "m", tokenizer=smol_tokenizer, max_retries=0)
+def test_remote_models_cannot_be_constrained(tiny_tokenizer: Any) -> None:
+    remote = RemoteBackend("http://127.0.0.1:9/v1", "m", tokenizer=tiny_tokenizer, max_retries=0)
     with pytest.raises(InvalidRequestError, match="needs a local model"):
         grammar_factory(json_grammar())(remote)
     session = remote.new_session([1, 2, 3], SamplingParams(temperature=0))
@@ -351,10 +353,23 @@ def test_any_json_object_mode(tiny_pair: tuple[Any, Any]) -> None:
         assert eos not in allowed_ids(constraint)
         constraint.accept(token)
     assert eos in allowed_ids(constraint)
-    # Sampled (an open object can run long, so a short budget; when it ends it is an object).
-    text, finished = run_constrained(backend, json_grammar(), seed=0, max_new=60)
-    if finished:
-        assert isinstance(TypeAdapter(dict[str, Any]).validate_json(text), dict)
+    # Sampled: a random model left to itself rarely closes an open object, so under a budget
+    # (steering from token 30 on); then every run ends within it, with one JSON object.
+    for seed in range(3):
+        steered = GrammarConstraint(llg_tokenizer(backend), json_grammar(), budget=60, reserve=30)
+        sampling = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, seed=seed)
+        session = backend.new_session(backend.encode("Answer:"), sampling)
+        out: list[int] = []
+        for token in session.stream(60, constraint=steered):
+            if token in backend.eos_ids:
+                break
+            out.append(token)
+            if steered.done:
+                break
+        else:
+            pytest.fail(f"no complete object within the budget: {backend.decode(out)!r}")
+        session.close()
+        assert isinstance(json.loads(backend.decode(out)), dict)
 
 
 # ------------------------------------------------------------------ scripted sessions
@@ -399,16 +414,27 @@ def test_scripted_session_with_nothing_allowed_raises() -> None:
         list(session.stream(2, constraint=OnlyPieces(backend, set(), limit=2)))
 
 
-def test_scripted_backends_build_an_llguidance_constraint() -> None:
-    backend = ScriptedBackend(['Sure: {"x": 4, "y": 5}'])
+def scripted_constrained(script: str, limit: int = 40) -> tuple[str, bool]:
+    """A scripted model's output under the Point grammar: (text, the constraint is done)."""
+    backend = ScriptedBackend([script])
     constraint = grammar_factory(json_grammar(Point.model_json_schema()))(backend)
     session = backend.new_session(backend.encode("q:"), SamplingParams(temperature=0))
     out = []
-    for token in session.stream(40, constraint=constraint):
+    for token in session.stream(limit, constraint=constraint):
         out.append(token)
         if constraint.done:
             break
-    Point.model_validate_json(backend.decode(out))
+    return backend.decode(out), constraint.done
+
+
+def test_scripted_backends_build_an_llguidance_constraint() -> None:
+    # A script the grammar allows token by token (json.dumps' layout) is written unchanged.
+    assert scripted_constrained('{"x": 4, "y": -5}') == ('{"x": 4, "y": -5}', True)
+    # A script that strays ("Sure:" first) is steered into the grammar's layout, complete.
+    text, done = scripted_constrained('Sure: {"x": 4, "y": 5}')
+    assert done and re.fullmatch(r'\{"x": -?\d+, "y": -?\d+\}', text), text
+    point = Point.model_validate_json(text)
+    assert text == json.dumps(point.model_dump())
 
 
 def test_limit_moves_steering_to_the_tokens_left(tiny_pair: tuple[Any, Any]) -> None:
@@ -449,7 +475,10 @@ def test_answer_after_a_closed_reasoning_is_steered_to_completion(
     )
     *_, finish = engine.generate(request)
     reasoning, marker, answer = finish.text.partition("\n</think>\n\n")
-    assert marker and finish.stop_reason == "eos"
+    if not marker:  # ~1% of seeds: EOS before the thinking budget, so no answer to steer
+        assert finish.stop_reason == "eos" and finish.output_tokens < 10, finish.text
+        assume(False)
+    assert finish.stop_reason == "eos"
     Joke.model_validate_json(answer)
 
 

@@ -215,13 +215,16 @@ def test_eval_cli_end_to_end_on_scripted_models(tmp_path: Path) -> None:
     assert "draft_tokens" in err.getvalue()
 
 
-def test_wired_into_spthink_cli() -> None:
+def test_wired_into_spthink_cli(capsys: pytest.CaptureFixture[str]) -> None:
     from langchain_spthink import cli
 
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")
     choices = getattr(commands, "choices", None) or {}
-    if "eval" not in choices:
-        pytest.skip("spthink eval/report are not wired into langchain_spthink/cli.py yet")
-    out, err = io.StringIO(), io.StringIO()
-    assert cli.run_cli(["report", "--help"], stdout=out, stderr=err) == 0
+    assert {"eval", "report"} <= set(choices), sorted(choices)
+    for command, option in (("report", "--plots"), ("eval", "--dataset")):
+        out, err = io.StringIO(), io.StringIO()
+        assert cli.run_cli([command, "--help"], stdout=out, stderr=err) == 0
+        # argparse prints --help to sys.stdout itself, not to the stream run_cli was given
+        printed = out.getvalue() + capsys.readouterr().out
+        assert printed.startswith(f"usage: spthink {command} ") and option in printed

@@ -8,13 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from langchain_spthink import ConfigError, SpeculativeThinkingConfig, paper_instruct, preset
-from langchain_spthink.cues import (
-    NEGATIVE_WORDS,
-    POSITIVE_WORDS,
-    VERIFY_WORDS,
-    classify,
-    count_words,
-)
+from langchain_spthink.cues import classify, count_words
 from langchain_spthink.detok import IncrementalDetokenizer
 from langchain_spthink.output import SharedOutput
 from langchain_spthink.sampling import SamplingParams, sample_token, warp_logits
@@ -47,18 +41,52 @@ def test_word_boundary_option() -> None:
     assert count_words("final answer: final answer", ["final answer"], word_boundary=True) == 2
 
 
-@settings(max_examples=300)
-@given(st.lists(st.sampled_from([*POSITIVE_WORDS, *NEGATIVE_WORDS, *VERIFY_WORDS, "x", " ", "2"])))
-def test_classify_agrees_with_counting(parts: list[str]) -> None:
-    text = " ".join(parts)
-    pos = count_words(text, POSITIVE_WORDS)
-    neg = count_words(text, NEGATIVE_WORDS) + count_words(text, VERIFY_WORDS)
-    expected = 1 if pos > neg else (-1 if neg > pos or pos > 0 else 0)
-    assert classify(text) == expected
-    assert classify(text.upper()) == expected
+# Words of a generated step, each with its hand-counted (positive, negative) cue occurrences
+# under ALGORITHM.md's default lists (verify words count as negative; substring matching).
+# Joined by spaces, no cue can span two parts (no part ends in "final", "hold" or "think"), so
+# a text's counts are the sums over its parts.
+PART_CUES: dict[str, tuple[int, int]] = {
+    "yeah": (1, 0),
+    "yes": (1, 0),
+    "final answer": (1, 0),
+    "confident": (1, 0),
+    "eyes": (1, 0),  # "yes" inside a word
+    "wait": (0, 1),
+    "alternatively": (0, 1),
+    "hold on": (0, 1),
+    "another": (0, 1),
+    "awaiting": (0, 1),  # "wait" inside a word
+    "verify": (0, 1),
+    "think again": (0, 1),
+    "recap": (0, 1),
+    "check": (0, 1),
+    "rechecked": (0, 1),  # "check" inside a word
+    "yes-check": (1, 1),
+    "x": (0, 0),
+    "2": (0, 0),
+    "the answer": (0, 0),
+    "hold": (0, 0),
+    " ": (0, 0),
+}
 
 
-@settings(max_examples=200)
+# deadline=None: hypothesis' default 200 ms per example is a wall-time limit that a busy CPU
+# can exceed; these are pure functions, so only the outcome matters.
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(sorted(PART_CUES)), st.sampled_from(["lower", "upper", "title"]))
+    )
+)
+def test_classify_agrees_with_hand_counted_cues(parts: list[tuple[str, str]]) -> None:
+    text = " ".join(getattr(part, case)() for part, case in parts)
+    pos = sum(PART_CUES[part][0] for part, _ in parts)
+    neg = sum(PART_CUES[part][1] for part, _ in parts)
+    expected = 1 if pos > neg else -1 if neg > pos else -1 if pos > 0 else 0
+    assert classify(text) == expected, (text, pos, neg)
+
+
+@settings(max_examples=200, deadline=None)  # as above
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
 def test_classify_is_total_and_bounded(text: str) -> None:
     assert classify(text) in (-1, 0, 1)

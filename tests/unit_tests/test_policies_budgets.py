@@ -22,7 +22,6 @@ from langchain_spthink import (
     SpeculativeThinkingConfig,
     TextEvent,
 )
-from langchain_spthink.cues import classify
 from langchain_spthink.events import Event
 from langchain_spthink.policies import DIGITS, JUDGE_PROMPT, DelegationPolicy, expected_score
 from langchain_spthink.testing import ScriptedBackend
@@ -95,11 +94,27 @@ def test_keyword_policy_object_makes_the_default_decisions(
     assert default == explicit
 
 
-def test_keyword_policy_decision_is_the_classifier() -> None:
-    policy = KeywordPolicy()
-    for draft in ["Wait, no.", "So x = 2.", "Let me check.", "Yes!", ""]:
-        state = BoundaryState(draft, "", 0, 0, 0, 0)
-        assert policy.decide(state, None).delegate == (classify(draft) != 0)
+# Hand-labelled by ALGORITHM.md's rule (case-insensitive substrings; pos = positive words,
+# neg = negative + verify words; pos > neg: +1, neg > pos or a tie with cues: -1, no cue: 0):
+# the keyword policy delegates exactly when the label is not 0.
+KEYWORD_CASES = [
+    ("Wait, no.", True, "cue: negative"),  # wait: neg 1
+    ("So x = 2.", False, "no cue"),
+    ("Let me check.", True, "cue: negative"),  # check is a verify word: neg 1
+    ("Yes!", True, "cue: positive/verify"),  # yes: pos 1
+    ("", False, "no cue"),
+    ("Yes, wait.", True, "cue: negative"),  # pos 1 == neg 1 > 0: negative
+    ("Her eyes were blue.", True, "cue: positive/verify"),  # "yes" inside "eyes"
+    ("Hold on: yes, the final answer is 4.", True, "cue: positive/verify"),  # pos 2 > neg 1
+    ("ANOTHERLY, we recap.", True, "cue: negative"),  # another + recap: neg 2
+    ("We are sure and certain.", False, "no cue"),
+]
+
+
+@pytest.mark.parametrize(("draft", "delegate", "reason"), KEYWORD_CASES)
+def test_keyword_policy_decides_by_the_cue_rule(draft: str, delegate: bool, reason: str) -> None:
+    decision = KeywordPolicy().decide(BoundaryState(draft, "", 0, 0, 0, 0), None)
+    assert (decision.delegate, decision.reason, decision.score) == (delegate, reason, None)
 
 
 def test_custom_cue_words_for_another_language() -> None:

@@ -1,9 +1,11 @@
 """Cancelling an async stream mid-generation: generation stops, caches are freed, and the next
-request on the same instance is correct and not slowed down by the cancelled one.
+request on the same instance is correct and not burdened by the cancelled one.
 
-The time bound is derived in the test from measured uncancelled requests, not a constant: the
-next request (cancellation included) must finish within 3x the median time of the same request
-run uncancelled, while the cancelled request, had it run on, would have needed about 40x that.
+"Not burdened" is checked without a clock (a timing ratio would depend on how loaded the machine
+is): when the cancel returns, the cancelled request's sessions are closed, their KV caches
+dropped and its worker thread gone, so nothing of it runs alongside the next request; and the
+next request does exactly the work of the same request run uncancelled (the same positions
+forwarded and tokens written by each model).
 
 Also checked elsewhere: ``test_chat_model.py::test_sync_stream_close_stops_generation``,
 ``test_astream_aclose_stops_generation_and_frees_session``,
@@ -14,10 +16,9 @@ Also checked elsewhere: ``test_chat_model.py::test_sync_stream_close_stops_gener
 from __future__ import annotations
 
 import asyncio
-import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -53,8 +54,25 @@ def astream_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "spthink-astream" and t.is_alive()]
 
 
+# Upper bound of the waits below. Generous on purpose: each thing waited for normally takes
+# milliseconds to a second, so 60 s holds on a CPU loaded 10x; only a hang reaches it.
+TIMEOUT = 60.0
+
+
+def work(backend: Recording, first: int) -> list[tuple[int, int]]:
+    """(tokens in the sequence, positions forwarded) of each session opened since ``first``."""
+    return [(len(s.ids), s.forwarded) for s in backend.sessions[first:]]
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.usefixtures("single_thread")
-async def test_cancelled_astream_frees_caches_and_next_request_is_correct_and_fast(
+async def test_cancelled_astream_frees_caches_and_next_request_is_correct_and_unburdened(
     tiny_pair: Any,
 ) -> None:
     question = "What is 6 times 7?"
@@ -62,12 +80,10 @@ async def test_cancelled_astream_frees_caches_and_next_request_is_correct_and_fa
     expected = str((await fresh.ainvoke(question)).content)  # a fresh greedy run
 
     model, small, large = tiny_model(tiny_pair)
-    timings = []
-    for _ in range(3):  # uncancelled: the reference time
-        started = time.perf_counter()
-        assert str((await model.ainvoke(question)).content) == expected
-        timings.append(time.perf_counter() - started)
-    reference = statistics.median(timings)
+    first = len(small.sessions), len(large.sessions)
+    assert str((await model.ainvoke(question)).content) == expected
+    uncancelled = work(small, first[0]), work(large, first[1])
+    assert uncancelled[0] and uncancelled[1]
 
     chunks = 0
     three = asyncio.Event()
@@ -81,26 +97,26 @@ async def test_cancelled_astream_frees_caches_and_next_request_is_correct_and_fa
 
     opened = len(small.sessions), len(large.sessions)
     task = asyncio.create_task(long_request())
-    await asyncio.wait_for(three.wait(), timeout=60)
-    cancelled_at = time.perf_counter()
+    await asyncio.wait_for(three.wait(), timeout=TIMEOUT)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    answer = str((await model.ainvoke(question)).content)
-    elapsed = time.perf_counter() - cancelled_at
-
-    print(f"next request after the cancel: {elapsed:.3f} s; uncancelled median {reference:.3f} s")
-    assert answer == expected
-    assert elapsed < 3 * reference, (elapsed, reference)
-    # the cancelled request's sessions were closed and its KV caches dropped
+    # When the cancel returns, the cancelled request's sessions are closed and their KV caches
+    # dropped; its worker thread ends right after handing that over.
     cancelled = [small.sessions[opened[0]], large.sessions[opened[1]]]
     assert all(s.closed and s.inner._cache is None for s in cancelled)
+    await until(lambda: astream_threads() == [], "the worker thread did not end")
     written = [len(s.ids) for s in cancelled]
-    await asyncio.sleep(10 * reference / SHORT)  # ~10 tokens' time: nothing more is written
-    assert [len(s.ids) for s in cancelled] == written
     assert sum(written) < 2 * LONG  # it stopped long before its budget
+
+    following = len(small.sessions), len(large.sessions)
+    answer = str((await model.ainvoke(question)).content)
+    assert answer == expected
+    # the same work as uncancelled: no stale cache reused, nothing left over to redo
+    assert (work(small, following[0]), work(large, following[1])) == uncancelled
+    assert [len(s.ids) for s in cancelled] == written  # nothing written meanwhile
     assert small.all_closed() and large.all_closed()
-    assert astream_threads() == []  # the worker thread has ended
+    await until(lambda: astream_threads() == [], "a worker thread did not end")
 
 
 class SlowRemote(ScriptedBackend):
@@ -130,17 +146,15 @@ async def test_cancel_while_a_large_step_runs_in_the_draft_pool() -> None:
             pass
 
     task = asyncio.create_task(consume())
-    deadline = time.monotonic() + 10
-    while len(large.sessions) < 2 and time.monotonic() < deadline:  # a forked step started
-        await asyncio.sleep(0.01)
-    assert len(large.sessions) >= 2
+    await until(lambda: len(large.sessions) >= 2, "no forked large step started")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    while not all(s.closed for s in small.sessions + large.sessions):
-        assert time.monotonic() < deadline, "a session of the cancelled request stayed open"
-        await asyncio.sleep(0.01)
+    await until(
+        lambda: all(s.closed for s in small.sessions + large.sessions),
+        "a session of the cancelled request stayed open",
+    )
     sampled = large.tokens_sampled
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # a stopped step writes nothing more (waiting longer is stricter)
     assert large.tokens_sampled <= sampled + 1  # the abandoned step stopped
     assert str((await model.ainvoke("hi")).content) == expected

@@ -84,6 +84,8 @@ def test_two_hundred_requests_keep_rss_and_release_every_cache(tiny_pair: Any) -
         rss_after = process.memory_info().rss
     growth = (rss_after - rss_before) / rss_before
     print(f"RSS {rss_before / 2**20:.1f} MiB -> {rss_after / 2**20:.1f} MiB ({growth:+.2%})")
+    # Generous (measured here: +0.2 %); no clock is involved, so a busy CPU changes nothing.
+    # The weak references below are the exact leak check.
     assert growth < 0.05
 
     assert answers[:WARM_UP] == first  # the 200 requests still answer as the first ones did

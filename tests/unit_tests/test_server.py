@@ -7,6 +7,7 @@ known and every test is fast. The server runs in uvicorn on a background thread 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -33,6 +34,9 @@ DELEG_SMALL = ["First step here.\n\n", "Wait, maybe not.\n\n", "So the answer is
 DELEG_LARGE = ["First step here.\n\n", "Let me verify: yes it is 4.\n\n", "Final answer: 4."]
 THINK = ["<think>Let me see, 2 and 2.\n\n", "That makes 4.</think>\n\n", "The answer is 4."]
 LONG = [" ".join(f"w{i}" for i in range(3000))]
+# Upper bound of every wait in this module (server start, client calls, polling). Generous on
+# purpose: each thing waited for takes milliseconds here, so 20 s holds on a CPU loaded 10x and
+# more; only a hang reaches it.
 TIMEOUT = 20.0
 
 
@@ -484,6 +488,11 @@ def test_no_api_key_means_open(deleg: Any) -> None:
 
 # --------------------------------------------------------------- disconnect and queue
 def slow_model(delay: float = 0.01) -> tuple[ChatSpeculativeThinking, ScriptedBackend]:
+    """A model writing the 3000-token LONG script, sleeping ``delay`` s after each token.
+
+    A sleep only ever lasts longer on a busy machine, so an uncancelled request takes at least
+    3000 * delay seconds (30 s by default) however loaded the CPU is.
+    """
     model, small, _ = scripted_model(
         LONG, LONG, mode="small", max_tokens=3000, on_token=lambda: time.sleep(delay)
     )
@@ -513,6 +522,7 @@ def test_disconnect_mid_stream_cancels_generation() -> None:
             got = [next(lines) for _ in range(6)]
             assert any("w1" in line for line in got)
         # the client hung up: the session is closed long before the 3000-token script ends
+        # (2000 tokens take >= 20 s: generous next to the milliseconds a disconnect takes)
         assert wait_for(lambda: bool(small.sessions) and small.sessions[-1].closed)
         assert small.tokens_sampled < 2000
         sampled = small.tokens_sampled
@@ -524,6 +534,9 @@ def test_disconnect_mid_stream_cancels_generation() -> None:
 def test_disconnect_non_streaming_cancels_generation() -> None:
     model, small = slow_model()
     with serving(create_app(model)) as server:
+        # The answer needs >= 30 s (slow_model), so the client's 0.5 s read timeout always fires
+        # first, loaded CPU or not; then the hang-up must stop generation within 2000 tokens
+        # (>= 20 s), generous next to the milliseconds it takes.
         with pytest.raises(httpx.ReadTimeout):
             post(server, {"model": "spthink", "messages": USER}, timeout=0.5)
         assert wait_for(lambda: bool(small.sessions) and small.sessions[-1].closed)
@@ -532,7 +545,9 @@ def test_disconnect_non_streaming_cancels_generation() -> None:
 
 
 def test_queue_full_503() -> None:
-    model, small = slow_model(0.005)
+    # The running request lasts >= 30 s unless its client hangs up (at the end of the `with`
+    # below): the queue-full checks happen while it runs, however slow the machine.
+    model, small = slow_model()
     app = create_app(model, max_concurrency=1, max_queue=1)
     body = {"model": "spthink", "messages": USER, "stream": True}
     with serving(app) as server:
@@ -562,22 +577,33 @@ def test_queue_full_503() -> None:
 
 
 async def test_event_loop_not_blocked() -> None:
-    """While a slow request generates, /health answers at once."""
-    model, _ = slow_model(0.01)
+    """While a slow request generates, /health answers: mid-generation, not after it.
+
+    No clock: a server whose loop generation blocked could only answer /health once the
+    generation is over (>= 30 s, see slow_model), so the answer arriving while the request is
+    still running and its model still writing is the proof.
+    """
+    model, small = slow_model()
     with serving(create_app(model, max_concurrency=2)) as server:
         async with httpx.AsyncClient(timeout=TIMEOUT) as ac:
             slow = asyncio.create_task(
                 ac.post(
                     server.url + "/v1/chat/completions",
-                    json={"model": "spthink", "messages": USER, "max_tokens": 100},
+                    json={"model": "spthink", "messages": USER},
                 )
             )
-            await asyncio.sleep(0.2)
-            start = time.monotonic()
+            for _ in range(int(TIMEOUT / 0.01)):  # until the model has started writing
+                if small.tokens_sampled:
+                    break
+                await asyncio.sleep(0.01)
+            assert small.tokens_sampled > 0
             health = await ac.get(server.url + "/health")
-            assert health.status_code == 200 and time.monotonic() - start < 0.5
-            assert health.json()["running"] == 1
-            assert (await slow).status_code == 200
+            assert health.status_code == 200 and health.json()["running"] == 1
+            assert not slow.done() and small.tokens_sampled < 3000  # still generating
+            slow.cancel()  # hang up: the server stops generating (test_disconnect_*)
+            with contextlib.suppress(asyncio.CancelledError):
+                await slow
+        assert wait_for(lambda: httpx.get(server.url + "/health").json()["running"] == 0)
 
 
 def test_mid_stream_error_is_reported_in_band() -> None:
@@ -602,11 +628,45 @@ def test_create_app_validates_limits() -> None:
     assert app.state.chat_model is model
 
 
-def test_free_port_helper_is_loopback() -> None:
+def raw_http(port: int, request: bytes) -> tuple[str, dict[str, Any]]:
+    """Send one HTTP/1.1 request over a plain socket: (status line, JSON body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), json.loads(body)
+
+
+def test_free_port_helper_serves_on_loopback_only() -> None:
     model, _, _ = scripted_model()
     with serving(create_app(model)) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT):
-            pass
+        host, port = server.server.servers[0].sockets[0].getsockname()[:2]
+        assert (host, port) == ("127.0.0.1", server.port) and port > 0  # an ephemeral port
+        # Another loopback address reaches no listener: bound to 127.0.0.1, not 0.0.0.0.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
+        # Plain HTTP/1.1 on that port is the app: /health, then a chat completion whose
+        # content is the scripted answer.
+        status, health = raw_http(
+            port, b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        assert status == "HTTP/1.1 200 OK"
+        assert health == {
+            "status": "ok",
+            "models": ["spthink", "small-fake+large-fake"],
+            "running": 0,
+            "waiting": 0,
+        }
+        body = json.dumps({"model": "spthink", "messages": USER}).encode()
+        status, reply = raw_http(
+            port,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        assert status == "HTTP/1.1 200 OK"
+        assert reply["choices"][0]["message"]["content"] == "".join(PLAIN)
 
 
 # ------------------------------------------------------------------------------ tools
@@ -756,8 +816,13 @@ def test_forced_tool_choice_and_json_schema_are_constrained() -> None:
                 "json_schema": {"name": "answer", "schema": schema},
             },
         )
-        value = json.loads(reply.choices[0].message.content or "")
-        assert set(value) == {"answer"} and 0 <= value["answer"] <= 9
+        # No scripted piece fits the schema, so every token is the scripted fake's documented
+        # fallback (langchain_spthink/testing.py): the allowed piece that ends a value soonest,
+        # then the shortest, then the lowest id. That spells '{"answer": ' one character at a
+        # time; then the allowed one-character pieces are the ten digits, and the one with the
+        # lowest id in the (process-wide) word vocabulary is written; then "}".
+        digit = min("0123456789", key=lambda d: small.vocab.by_text[d])
+        assert reply.choices[0].message.content == '{"answer": ' + digit + "}"
         reply = c.chat.completions.create(
             model="spthink", messages=USER, response_format={"type": "json_object"}
         )
