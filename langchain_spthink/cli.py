@@ -11,6 +11,7 @@ as a traceback (set ``SPTHINK_DEBUG=1`` to see one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -443,7 +444,8 @@ def run_cli(
     ctx = _Context(stdout or sys.stdout, stderr or sys.stderr, backends)
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        with contextlib.redirect_stdout(ctx.stdout):  # --help prints to the given stdout
+            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except _UsageError as exc:
         exc.parser.print_usage(ctx.stderr)
         print(f"{exc.parser.prog}: error: {exc}", file=ctx.stderr)

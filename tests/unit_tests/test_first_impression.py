@@ -273,3 +273,9 @@ def test_the_opening_never_takes_the_whole_budget(max_tokens: int, opening: int)
     assert [e.large_tokens for e in begins] == ([opening] if opening else [])
     assert finish.large.kept_tokens == opening
     assert finish.small.kept_tokens == max_tokens - opening
+
+
+def test_help_goes_to_the_given_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run("run", "--help")
+    assert code == 0 and out.startswith("usage: spthink run") and "--threads" in out
+    assert capsys.readouterr().out == ""
