@@ -90,7 +90,7 @@ def add_eval_parsers(subparsers: Any) -> None:
         "--samples", type=positive_int, default=1, help="answers per problem (pass@1 averaged)"
     )
     ev.add_argument(
-        "--max-tokens", type=positive_int, default=1024, help="output budget per answer (1024)"
+        "--max-tokens", type=positive_int, default=1024, help="output budget per answer"
     )
     ev.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     ev.add_argument(

@@ -20,6 +20,7 @@ from langchain_spthink.chat_models import ChatSpeculativeThinking
 from langchain_spthink.config import SpeculativeThinkingConfig
 from langchain_spthink.events import DelegationEvent
 from langchain_spthink.messages import render_prompt_ids, to_chat_dicts
+from tests.numerics import torch_threads
 
 pytestmark = pytest.mark.embedded
 
@@ -76,10 +77,15 @@ def test_single_model_mode_equals_hf_generate(
         temperature=0,
         max_tokens=MAX_TOKENS,
     )
-    result = model.invoke(QUESTION)
-    expected, generated = hf_greedy(
-        backend, render_prompt_ids(backend, to_chat_dicts(QUESTION)), MAX_TOKENS
-    )
+    # Exact equality holds because both sides run the same forwards (prompt, then one token per
+    # step) with the same thread count: bit-identical logits. The backend applies its own thread
+    # count to its forwards; generate() runs with torch's, so the two are pinned together here.
+    # (test_equivalence.py runs this comparison at 1 and at 2 threads.)
+    with torch_threads(backend.threads, backend):
+        result = model.invoke(QUESTION)
+        expected, generated = hf_greedy(
+            backend, render_prompt_ids(backend, to_chat_dicts(QUESTION)), MAX_TOKENS
+        )
     assert result.content == expected
     assert result.usage_metadata is not None
     assert result.usage_metadata["output_tokens"] == generated

@@ -1,6 +1,13 @@
 """The embedded real pair shared by 8 threads and by 8 asyncio tasks: greedy outputs equal the
 same requests run one after the other (see ``tests/unit_tests/test_reliability_concurrency.py``
-for the fast version on tiny models, with the per-request session checks)."""
+for the fast version on tiny models, with the per-request session checks).
+
+Exact equality is the guarantee: a request computes the same forwards, on the same shapes, alone
+or among others, with the backends' thread count in whichever thread runs them, so its logits
+are bit-identical (the unit test module says why). Run at 1 and at 2 torch threads, each on its
+own: at 2, the embedded models' matrix products really are split between threads (the tiny
+models' mostly are not), and the split must not depend on what else is running.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,13 @@ import pytest
 
 from langchain_spthink.backends.transformers import TransformersBackend
 from langchain_spthink.chat_models import ChatSpeculativeThinking
-from tests.unit_tests._reliability_fakes import Recording, one_torch_thread
-from tests.unit_tests.test_reliability_concurrency import StateProbe, instance_state
+from tests.unit_tests._reliability_fakes import Recording
+from tests.unit_tests.test_reliability_concurrency import (
+    THREADS,
+    StateProbe,
+    instance_state,
+    torch_threads,
+)
 
 pytestmark = pytest.mark.embedded
 
@@ -22,10 +34,11 @@ N = 8
 QUESTIONS = [f"What is {i} + {2 * i + 3}?" for i in range(N)]
 
 
+@pytest.mark.parametrize("n_threads", THREADS)
 def test_embedded_pair_from_threads_and_tasks(
-    small_backend: TransformersBackend, large_backend: TransformersBackend
+    small_backend: TransformersBackend, large_backend: TransformersBackend, n_threads: int
 ) -> None:
-    with one_torch_thread():
+    with torch_threads(n_threads, small_backend, large_backend):
         check_threads_and_tasks(Recording(small_backend), Recording(large_backend))
 
 

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import llama_cpp.server.app  # noqa: F401  (``make setup`` installs it: a broken install fails)
 import pytest
 
 from langchain_spthink import (
@@ -33,7 +34,6 @@ from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
 from langchain_spthink.backends.transformers import TransformersBackend
 from langchain_spthink.models import EMBEDDED_MODELS
 
-pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
 pytestmark = pytest.mark.embedded
 
 GREEDY = SamplingParams(temperature=0.0)
