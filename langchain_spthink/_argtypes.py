@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from langchain_spthink.config import DEFAULT_PRESET
+
 __all__ = [
     "add_model_arguments",
     "add_threads_argument",
@@ -58,9 +60,10 @@ def add_model_arguments(
     parser.add_argument(
         "--preset",
         choices=presets,
-        default="instruct",
-        help="paper configuration: instruct (begin + intervene at every boundary; default, "
-        "right for an instruct small model) or reasoning (intervene at cue words only)",
+        default=DEFAULT_PRESET,
+        help="paper configuration: reasoning (intervene at cue words only) or instruct (the "
+        f"large model opens the answer and writes a step at every boundary) (default "
+        f"{DEFAULT_PRESET}, chosen by measurement: see the docs)",
     )
     add_threads_argument(parser)
 

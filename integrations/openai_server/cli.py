@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from langchain_spthink.config import DEFAULT_PRESET
 from langchain_spthink.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -122,10 +123,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset",
         choices=("instruct", "reasoning"),
-        default="instruct",
-        help="paper configuration (default instruct)",
+        default=DEFAULT_PRESET,
+        help=f"paper configuration (default {DEFAULT_PRESET}, as every surface: see the docs)",
     )
-    parser.add_argument("--temperature", type=float, help="default sampling temperature")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature of a request that sets none (default: the preset's, 0.6)",
+    )
     parser.add_argument(
         "--max-tokens",
         type=int,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from langchain_spthink.backends.base import Backend
-from langchain_spthink.config import SpeculativeThinkingConfig, preset
+from langchain_spthink.config import DEFAULT_PRESET, SpeculativeThinkingConfig, preset
 from langchain_spthink.engine import Mode, Request, SpeculativeEngine
 from langchain_spthink.errors import ConfigError
 from langchain_spthink.eval.datasets import GraderKind, Problem
@@ -96,7 +96,7 @@ class EvalSettings:
     small: str | None = None
     large: str | None = None
     mode: Mode = "speculative"
-    preset: str = "instruct"
+    preset: str = DEFAULT_PRESET
     max_tokens: int = 1024
     temperature: float = 0.6
     top_p: float = 0.95

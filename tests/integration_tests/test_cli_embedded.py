@@ -44,6 +44,8 @@ def test_run_on_the_embedded_pair() -> None:
         "0",
         "--max-tokens",
         "40",
+        "--preset",
+        "instruct",
         "--set",
         "begin_tokens=8",
         "--draft-tokens",

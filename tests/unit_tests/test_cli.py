@@ -53,7 +53,7 @@ def test_parser_defaults() -> None:
     assert args.small == "smollm2-135m-instruct"
     assert args.large == "gemma3-270m"
     assert args.mode == "speculative"
-    assert args.preset == "instruct"
+    assert args.preset == "reasoning"  # one default everywhere: ChatSpeculativeThinking()'s
     assert args.max_tokens == 512
     assert args.temperature is None and args.seed is None and args.draft_tokens is None
     assert not args.json
@@ -125,7 +125,9 @@ def test_run_marks_large_segments_and_prints_summary() -> None:
 
 
 def test_run_instruct_preset_begins_with_large_and_delegates() -> None:
-    code, out, _ = cli("run", "q", "--draft-tokens", "2", "--set", "begin_tokens=3")
+    code, out, _ = cli(
+        "run", "q", "--preset", "instruct", "--draft-tokens", "2", "--set", "begin_tokens=3"
+    )
     assert code == 0
     assert out.startswith("[[large: Let us add.]]")
     match = SUMMARY.match(out.rstrip("\n").split("\n")[-1])
@@ -360,7 +362,7 @@ def test_readme_config_table_is_generated_from_the_config() -> None:
 
 def test_budget_flags_reach_the_engine_and_the_output() -> None:
     # instruct preset: the large model opens (begin) and writes every step; 3 tokens allowed.
-    code, out, err = cli("run", "q", "--max-large-tokens", "3", "--json")
+    code, out, err = cli("run", "q", "--preset", "instruct", "--max-large-tokens", "3", "--json")
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
     (budget,) = [x for x in lines if x["type"] == "budget"]
@@ -368,7 +370,7 @@ def test_budget_flags_reach_the_engine_and_the_output() -> None:
     finish = lines[-1]
     assert finish["large"]["generated_tokens"] == 3 and finish["mode"] == "small"
     assert finish["budgets"]["large_exhausted"] is True
-    code, out, err = cli("run", "q", "--max-large-tokens", "3")
+    code, out, err = cli("run", "q", "--preset", "instruct", "--max-large-tokens", "3")
     assert "budget spent: max_large_tokens" in out and "max_large_tokens=3 spent" in err
 
 
