@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunSummary", "format_table", "summarize", "run_labels", "write_plots"]
+__all__ = ["RunSummary", "accuracy_axes", "format_table", "summarize", "run_labels", "write_plots"]
 
 _KINDS = ("begin", "reflection", "verify", "recap")
 
@@ -191,22 +191,18 @@ def write_plots(
 
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
+    # Points are named in the legend, not beside them: runs often share a point (same accuracy).
     for s, color in zip(summaries, colors, strict=True):
         ax.scatter([s.avg_length], [100 * s.accuracy], s=70, color=color, label=s.label, zorder=3)
-        ax.annotate(
-            s.label,
-            (s.avg_length, 100 * s.accuracy),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize=9,
-        )
     ax.set_xlabel("average output length (tokens)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Accuracy vs. average output length")
     ax.grid(True, alpha=0.3)
-    ax.margins(0.2)
+    xlim, ylim = accuracy_axes(summaries)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best")
     written.append(_save(fig, folder / "accuracy_vs_length.png"))
 
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
@@ -258,6 +254,23 @@ def write_plots(
         ax.legend(fontsize=8)
     written.append(_save(fig, folder / "delegations_by_kind.png"))
     return written
+
+
+def accuracy_axes(
+    summaries: Sequence[RunSummary],
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Axis ranges of the accuracy-vs-length plot: both from 0, with room above the points.
+
+    Args:
+        summaries: The runs plotted.
+
+    Returns:
+        ``((0, x_max), (0, y_max))`` with ``x_max`` 15% past the longest run and ``y_max`` 20%
+        past the best accuracy (in %, at most 100, at least 10).
+    """
+    longest = max((s.avg_length for s in summaries), default=0.0)
+    best = max((100 * s.accuracy for s in summaries), default=0.0)
+    return (0.0, max(1.0, 1.15 * longest)), (0.0, min(100.0, max(10.0, 1.2 * best)))
 
 
 def _save(fig: Any, path: Path) -> Path:

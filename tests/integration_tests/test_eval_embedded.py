@@ -42,7 +42,7 @@ def test_eval_three_gsm8k_problems(
 ) -> None:
     backends = {"smollm2-135m-instruct": small_backend, "gemma3-270m": large_backend}
     run = tmp_path / "speculative.jsonl"
-    args = ["eval", "--dataset", "gsm8k", "--limit", "3", "--greedy"]
+    args = ["eval", "--dataset", "gsm8k", "--limit", "3", "--greedy", "--preset", "instruct"]
     args += ["--max-tokens", str(MAX_TOKENS), "--set", "begin_tokens=8", "--out", str(run)]
     out, err = io.StringIO(), io.StringIO()
     assert main(args, backends=backends, stdout=out, stderr=err) == 0, err.getvalue()

@@ -228,3 +228,24 @@ def test_wired_into_spthink_cli(capsys: pytest.CaptureFixture[str]) -> None:
         # argparse prints --help to sys.stdout itself, not to the stream run_cli was given
         printed = out.getvalue() + capsys.readouterr().out
         assert printed.startswith(f"usage: spthink {command} ") and option in printed
+
+
+def test_accuracy_axes_start_at_zero_with_room_above() -> None:
+    from dataclasses import replace
+
+    from langchain_spthink.eval.report import accuracy_axes
+
+    a = summarize(RUN_A, label="A")
+    runs = [replace(a, avg_length=238.0, accuracy=0.06), replace(a, avg_length=384.0, accuracy=0.5)]
+    # hand-computed: 1.15 * 384 = 441.6; 1.2 * 50% = 60%
+    assert accuracy_axes(runs) == (
+        (0.0, pytest.approx(441.6)),
+        (0.0, pytest.approx(60.0)),
+    )
+    low = [replace(a, avg_length=10.0, accuracy=0.0)]
+    assert accuracy_axes(low) == (
+        (0.0, pytest.approx(11.5)),
+        (0.0, 10.0),
+    )  # y never collapses below 10%
+    top = [replace(a, avg_length=10.0, accuracy=1.0)]
+    assert accuracy_axes(top)[1] == (0.0, 100.0)
