@@ -250,6 +250,16 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
+def _loading_output(verbose: bool) -> None:
+    """`-v`: loading progress bars (via `$SPTHINK_PROGRESS`); else no bars and no warnings."""
+    from langchain_spthink.models import PROGRESS_ENV
+
+    if verbose:
+        os.environ[PROGRESS_ENV] = "1"
+    else:
+        _quiet_transformers()
+
+
 def _config(args: argparse.Namespace) -> SpeculativeThinkingConfig:
     overrides: dict[str, Any] = dict(args.overrides)
     for key in ("temperature", "top_p", "top_k", "draft_tokens"):
@@ -276,10 +286,8 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
     question = _question(args)
     ctx.threads = args.threads
     quiet = args.quiet
-    if args.verbose:
-        os.environ["SPTHINK_PROGRESS"] = "1"  # loading progress bars too
-    elif ctx.backends is None:
-        _quiet_transformers()
+    if args.verbose or ctx.backends is None:  # scripted backends load nothing
+        _loading_output(args.verbose)
     started = time.monotonic()
     small = ctx.backend(args.small) if args.mode != "large" else None
     large = ctx.backend(args.large) if args.mode != "small" else None
@@ -403,10 +411,7 @@ def _cmd_models_list(args: argparse.Namespace, ctx: _Context) -> int:
 def _cmd_models_prepare(args: argparse.Namespace, ctx: _Context) -> int:
     from langchain_spthink.models import load_model
 
-    if args.verbose:
-        os.environ["SPTHINK_PROGRESS"] = "1"
-    else:
-        _quiet_transformers()
+    _loading_output(args.verbose)
     known = _embedded()
     aliases = list(args.aliases) or list(known)
     unknown = [a for a in aliases if a not in known]
