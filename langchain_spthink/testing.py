@@ -81,6 +81,7 @@ class ScriptedBackend:
         fail_after: Raise ``RuntimeError`` when asked for this many tokens in total (fault
             injection); ``None`` never fails.
         on_token: Called after every sampled token (e.g. to advance a fake clock).
+        stop_texts: Texts that end this model's turn (see the backend protocol).
     """
 
     def __init__(
@@ -92,8 +93,10 @@ class ScriptedBackend:
         context_length: int = 100_000,
         fail_after: int | None = None,
         on_token: Callable[[], None] | None = None,
+        stop_texts: Sequence[str] = (),
     ) -> None:
         self.script = list(script)
+        self.stop_texts = tuple(stop_texts)
         self._name = name
         self.tokenizer_kind = tokenizer
         self.vocab = _VOCABS[tokenizer]

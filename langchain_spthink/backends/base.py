@@ -10,6 +10,10 @@ with whatever cache the runtime keeps for it. Invariants every session keeps:
 * :meth:`Session.truncate` crops the cache; nothing is ever copied for rollback.
 * :meth:`Session.stream` yields sampled ids one at a time, each already appended to ``ids``;
   the consumer stops whenever it likes (trigger, EOS, budget) by not asking for more.
+
+A backend may also carry ``stop_texts``: texts that end its model's turn like an EOS token (a
+base model prompted in a completion format starts a new ``Question:``); the engine ends the
+output before them. Backends without the attribute have none.
 """
 
 from __future__ import annotations

@@ -67,6 +67,8 @@ class LlamaCppBackend:
             memory-mapped and shared). A session waits for a free context beyond that.
         wait_timeout: Seconds a new session waits for a free context before failing.
         eos_ids: Ids that end generation (default: the model's EOS and end-of-turn ids).
+        stop_texts: Texts that end this model's turn, like an EOS token (the output ends before
+            them); default: the chat template's (``models.template_stop_texts``).
     """
 
     def __init__(
@@ -80,7 +82,10 @@ class LlamaCppBackend:
         max_contexts: int = 2,
         wait_timeout: float = 600.0,
         eos_ids: frozenset[int] | None = None,
+        stop_texts: Sequence[str] | None = None,
     ) -> None:
+        from langchain_spthink.models import template_stop_texts
+
         path = Path(model_path)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
@@ -101,6 +106,9 @@ class LlamaCppBackend:
         self._tok = first
         metadata: dict[str, str] = dict(first.metadata)
         self.chat_template = chat_template or metadata.get("tokenizer.chat_template")
+        self.stop_texts = tuple(
+            stop_texts if stop_texts is not None else template_stop_texts(self.chat_template)
+        )
         self._n_vocab = int(first.n_vocab())
         model = first._model
         self._bos_text = model.token_get_text(first.token_bos()) if first.token_bos() >= 0 else ""

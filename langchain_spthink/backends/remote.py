@@ -158,6 +158,8 @@ class RemoteBackend:
             Default: when the local tokenizer adds BOS by itself (servers tokenize text prompts
             the same way).
         extra_body: Extra JSON fields sent with every request (server-specific options).
+        stop_texts: Texts that end this model's turn, like an EOS token (the output ends before
+            them); default: the chat template's (``models.template_stop_texts``).
     """
 
     #: Marks a backend whose steps are network-bound: the engine may run them in a worker
@@ -179,7 +181,10 @@ class RemoteBackend:
         max_retries: int = 2,
         strip_bos: bool | None = None,
         extra_body: dict[str, Any] | None = None,
+        stop_texts: Sequence[str] | None = None,
     ) -> None:
+        from langchain_spthink.models import template_stop_texts
+
         try:
             import openai
         except ImportError as exc:  # pragma: no cover - openai is a dependency
@@ -220,6 +225,9 @@ class RemoteBackend:
                 f"got {type(spec).__name__}"
             )
         self.chat_template: str | None = chat_template or template
+        self.stop_texts = tuple(
+            stop_texts if stop_texts is not None else template_stop_texts(self.chat_template)
+        )
         self._borrowed = borrowed
         self._eos_ids = eos_ids if eos_ids is not None else self._default_eos(extra_eos)
         if not self._eos_ids:

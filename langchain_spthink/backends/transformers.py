@@ -46,6 +46,8 @@ class TransformersBackend:
         threads: torch CPU threads for this model's forwards, applied in whichever thread runs
             them (default: :func:`~langchain_spthink.threads.default_threads`, which holds up
             when other processes share the CPU).
+        stop_texts: Texts that end this model's turn, like an EOS token (the output ends before
+            them); default: the chat template's (``models.template_stop_texts``).
     """
 
     def __init__(
@@ -58,12 +60,18 @@ class TransformersBackend:
         eos_ids: frozenset[int] | None = None,
         context_length: int | None = None,
         threads: int | None = None,
+        stop_texts: Sequence[str] | None = None,
     ) -> None:
+        from langchain_spthink.models import template_stop_texts
+
         self.threads = resolve_threads(threads)
         self.model = model
         self.tokenizer = tokenizer
         self._name = name
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+        self.stop_texts = tuple(
+            stop_texts if stop_texts is not None else template_stop_texts(self.chat_template)
+        )
         self._eos_ids = eos_ids if eos_ids is not None else _default_eos_ids(model, tokenizer)
         cfg = model.config.get_text_config(decoder=True)
         self._context_length = int(

@@ -20,6 +20,8 @@ import torch
 
 from langchain_spthink.errors import ModelLoadError
 from langchain_spthink.models import (
+    BASE_COMPLETION_TEMPLATE,
+    COMPLETION_EXAMPLE,
     EMBEDDED_MODELS,
     LoadedModel,
     clear_model_cache,
@@ -36,7 +38,7 @@ SMOL_HI = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
     "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 )
-GEMMA_HI = "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+GEMMA_HI = f"<bos>{COMPLETION_EXAMPLE}Question: Hi\nAnswer:\n"  # a base model: completion format
 
 
 def _logits(loaded: LoadedModel) -> torch.Tensor:
@@ -100,7 +102,7 @@ def test_cache_created(loaded: dict[str, Any], cache_root: Path) -> None:
         assert {"model.safetensors", "config.json", "tokenizer.json", "spthink-cache.json"} <= files
         assert "quantization_config" not in (cache_root / name / "config.json").read_text()
     gemma_dir = cache_root / "a5fd3b62230aa5ec"  # the package's published sha256
-    assert "<start_of_turn>" in (gemma_dir / "chat_template.jinja").read_text()
+    assert (gemma_dir / "chat_template.jinja").read_text() == BASE_COMPLETION_TEMPLATE
     assert (cache_root / "gguf-sha256.json").is_file()
 
 
@@ -114,7 +116,8 @@ def test_gemma_chat_template_and_single_bos(loaded: dict[str, Any]) -> None:
     text = tok.apply_chat_template(HI, tokenize=False, add_generation_prompt=True)
     assert text == GEMMA_HI
     ids = tok.apply_chat_template(HI, add_generation_prompt=True, return_dict=False)
-    assert list(ids) == [2, 105, 2364, 107, 10979, 106, 107, 105, 4368, 107]
+    body = tok.encode(GEMMA_HI.removeprefix("<bos>"), add_special_tokens=False)
+    assert list(ids) == [2, *body] and 2 not in body  # exactly one BOS
     assert tok.encode(text, add_special_tokens=False) == list(ids)
     assert tok.encode("x")[0] == tok.bos_token_id == 2  # plain encode adds the BOS itself
 

@@ -349,14 +349,15 @@ def test_config_shows_defaults_presets_and_overrides() -> None:
     assert cli("config", "--set", "draft_tokens=-1")[0] == 1
 
 
-def test_readme_config_table_is_generated_from_the_config() -> None:
+def test_docs_config_table_is_generated_from_the_config() -> None:
     from pathlib import Path
 
-    readme = Path(__file__).resolve().parents[2] / "README.md"
+    page = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     code, table, _ = cli("config", "--markdown")
     assert code == 0
-    assert table.strip() in readme.read_text(encoding="utf-8"), (
-        "README's config table is stale: paste the output of `spthink config --markdown`"
+    assert table.strip() in page.read_text(encoding="utf-8"), (
+        "docs/configuration.md's config table is stale: paste the output of "
+        "`spthink config --markdown`"
     )
 
 

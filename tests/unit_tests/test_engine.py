@@ -423,3 +423,32 @@ def test_discarded_concurrent_steps_count_in_the_large_models_usage() -> None:
     assert seq.large.generated_tokens == 0 and conc.extra["concurrent_steps_discarded"] == 3
     # Discarded steps: " Y y y" (3), "Z z z" (3), then EOS past the script (1).
     assert conc.large.generated_tokens == 3 + 3 + 1
+
+
+# ---------------------------------------------------------------- a model's own stop texts
+def test_large_stop_text_ends_the_output_like_eos() -> None:
+    small = ScriptedBackend(["A.\n\n", "Wait x y z.\n\n", "End.\n\n"], name="s")
+    large = ScriptedBackend(
+        ["L0.\n\n", "Ok.\nQuestion: more words"], name="l", stop_texts=("\nQuestion:",)
+    )
+    text, events = run(small, large, draft_tokens=6)
+    assert text == "A.\n\nOk."
+    (d,) = delegations(events)
+    assert d.kept == "large" and d.large_text.startswith("Ok.\nQuestion:")
+    assert finish_of(events).stop_reason == "eos"
+
+
+def test_stop_text_streamed_live_is_never_emitted() -> None:
+    script = ["Step one.\n\n", "More.\nQuestion: next one"]
+    large = ScriptedBackend(script, name="l", stop_texts=["\nQuestion:"])
+    text, events = run(large, large, mode="large")
+    assert text == "Step one.\n\nMore." and finish_of(events).stop_reason == "eos"
+    assert "Question" not in "".join(e.text for e in events if isinstance(e, TextEvent))
+
+
+def test_stop_texts_belong_to_their_model() -> None:
+    small = ScriptedBackend(["A.\nQuestion: b.\n\n", "C.\n\n"], name="s")
+    large = ScriptedBackend(["never used"], name="l", stop_texts=("\nQuestion:",))
+    text, events = run(small, large)
+    assert text == "A.\nQuestion: b.\n\nC.\n\n" and not delegations(events)
+    assert finish_of(events).stop_reason == "eos"

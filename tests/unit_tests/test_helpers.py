@@ -232,3 +232,21 @@ def test_request_generator_is_seeded_or_absent() -> None:
     assert runs[0] == runs[1]
     unseeded = SamplingParams(temperature=1.0)
     assert request_generator(unseeded) is not None
+
+
+def test_end_texts_end_only_their_authors_run() -> None:
+    out = SharedOutput(share_ids=False, end_texts={"large": ["\nQ:"]})
+    assert out.append("small", "a\nQ: b", []) is None  # the small model may write it
+    assert out.append("large", "\nQ", []) is None  # split over a hand-off: not its own run
+    out2 = SharedOutput(["STOP"], share_ids=False, end_texts={"large": ["\nQ:"]})
+    emitted = ""
+    for piece in ["x", "y\n", "Q", ": next"]:
+        ended = out2.append("large", piece, [])
+        emitted += "".join(e.text for e in out2.drain(final=False))
+        if ended:
+            break
+    assert ended == "eos" and out2.text == "xy"
+    assert emitted + "".join(e.text for e in out2.drain(final=True)) == "xy"
+    # A request stop string keeps its own reason and the earliest cut wins.
+    out3 = SharedOutput(["STOP"], share_ids=False, end_texts={"large": ["\nQ:"]})
+    assert out3.append("large", "a STOP b\nQ:", []) == "stop" and out3.text == "a "

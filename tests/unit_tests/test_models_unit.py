@@ -13,6 +13,9 @@ import pytest
 from langchain_spthink import models
 from langchain_spthink.errors import ModelLoadError
 from langchain_spthink.models import (
+    BASE_COMPLETION_STOPS,
+    BASE_COMPLETION_TEMPLATE,
+    COMPLETION_EXAMPLE,
     DEFAULT_LARGE_MODEL,
     DEFAULT_SMALL_MODEL,
     EMBEDDED_MODELS,
@@ -29,7 +32,10 @@ def test_aliases_and_defaults() -> None:
     assert set(EMBEDDED_MODELS) == {"smollm2-135m-instruct", "gemma3-270m"}
     assert DEFAULT_SMALL_MODEL in EMBEDDED_MODELS and DEFAULT_LARGE_MODEL in EMBEDDED_MODELS
     assert EMBEDDED_MODELS["smollm2-135m-instruct"].chat_template is None
-    assert EMBEDDED_MODELS["gemma3-270m"].chat_template == GEMMA3_CHAT_TEMPLATE
+    # gemma-3-270m is a base model: a completion format, ended by a new question.
+    assert EMBEDDED_MODELS["gemma3-270m"].chat_template == BASE_COMPLETION_TEMPLATE
+    assert EMBEDDED_MODELS["gemma3-270m"].stop_texts == BASE_COMPLETION_STOPS
+    assert EMBEDDED_MODELS["smollm2-135m-instruct"].stop_texts == ()
     for alias, model in EMBEDDED_MODELS.items():
         assert model.alias == alias and model.description
 
@@ -201,6 +207,50 @@ def test_corrupt_gguf_leaves_no_cache(tmp_path: Path) -> None:
     assert str(bad) in str(info.value) and "GGUF" in str(info.value)
     assert info.value.__cause__ is not None
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["gguf-sha256.json"]
+
+
+def _complete(messages: list[dict[str, Any]], generation: bool = True, cont: bool = False) -> str:
+    env = jinja2.Environment()
+    return env.from_string(BASE_COMPLETION_TEMPLATE).render(
+        messages=messages,
+        add_generation_prompt=generation,
+        continue_final_message=cont,
+        bos_token="<bos>",
+    )
+
+
+def test_completion_template_single_question() -> None:
+    assert COMPLETION_EXAMPLE.startswith("Question: ") and COMPLETION_EXAMPLE.endswith("\n\n")
+    assert "\nAnswer:\n" in COMPLETION_EXAMPLE
+    assert _complete([{"role": "user", "content": " Hi "}]) == (
+        f"<bos>{COMPLETION_EXAMPLE}Question: Hi\nAnswer:\n"
+    )
+
+
+def test_completion_template_system_turns_and_continuation() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+    ]
+    assert _complete(messages) == (
+        f"<bos>Be brief.\n\n{COMPLETION_EXAMPLE}Question: Hi\nAnswer:\nHello.\n\n"
+        "Question: 2+2?\nAnswer:\n"
+    )
+    prefill = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "It is"}]
+    assert _complete(prefill, generation=False, cont=True) == (
+        f"<bos>{COMPLETION_EXAMPLE}Question: 2+2?\nAnswer:\nIt is"
+    )
+
+
+def test_template_stop_texts() -> None:
+    assert models.template_stop_texts(BASE_COMPLETION_TEMPLATE) == BASE_COMPLETION_STOPS
+    assert models.template_stop_texts(GEMMA3_CHAT_TEMPLATE) == ()
+    assert models.template_stop_texts(None) == ()
+    # The stops end the template's own pattern: a new question starts after a blank line.
+    assert "\nQuestion:" in BASE_COMPLETION_STOPS
+    assert "\nQuestion:" in _complete([{"role": "user", "content": "a"}] * 2, generation=False)
 
 
 def _render(messages: list[dict[str, Any]], generation: bool = True) -> str:

@@ -7,7 +7,7 @@ Each row is checked for four things:
 3. nothing is half-written: no chunk was streamed and every session the request opened is closed;
 4. the *same* instance answers a good request right after, with the expected output.
 
-Rows already checked elsewhere and not repeated here (README "Guarantees" lists them too):
+Rows already checked elsewhere and not repeated here (docs/guarantees.md lists them too):
 
 * ``test_engine.py::test_bad_requests_are_typed_errors`` (engine: max_tokens <= 0, empty stop);
 * ``test_engine.py::test_forced_id_handoff_with_different_tokenizers_is_refused``;
