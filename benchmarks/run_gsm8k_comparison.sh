@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measured comparison on the embedded pair (README, "Evaluation"): SmolLM2-135M-Instruct alone,
+# Measured comparison on the embedded pair (docs/evaluation.md): SmolLM2-135M-Instruct alone,
 # gemma-3-270m alone, and speculative thinking (small writes, large writes the reflective steps),
 # on the first LIMIT GSM8K test problems with the paper's prompt, then the Table-2 summary and the
 # plots in docs/eval/.

@@ -210,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a field, as for run (default: none)",
     )
     shape = config.add_mutually_exclusive_group()
-    shape.add_argument("--markdown", action="store_true", help="a Markdown table (README)")
+    shape.add_argument(
+        "--markdown", action="store_true", help="a Markdown table (as in docs/configuration.md)"
+    )
     shape.add_argument("--json", action="store_true", help="a JSON object")
     config.set_defaults(handler=_cmd_config)
 
