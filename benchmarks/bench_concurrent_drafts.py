@@ -38,7 +38,7 @@ from langchain_spthink import (
     paper_instruct,
 )
 from langchain_spthink.backends.base import Backend
-from langchain_spthink.loading import load_backend
+from langchain_spthink.backends.loading import load_backend
 from langchain_spthink.models import EMBEDDED_MODELS
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -21,8 +21,8 @@ import llguidance.numpy
 import torch
 
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.constraints import GrammarConstraint, json_grammar, llg_tokenizer
-from langchain_spthink.sampling import SamplingParams, sample_token
+from langchain_spthink.engine.sampling import SamplingParams, sample_token
+from langchain_spthink.tools.constraints import GrammarConstraint, json_grammar, llg_tokenizer
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

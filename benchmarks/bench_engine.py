@@ -60,7 +60,7 @@ from langchain_spthink import (
     preset,
 )
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.events import Event
+from langchain_spthink.engine.events import Event
 
 DATA = Path(__file__).resolve().parents[1] / "langchain_spthink" / "data" / "gsm8k.jsonl"
 GREEDY = SamplingParams(temperature=0.0)

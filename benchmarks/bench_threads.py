@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.engine import Request, SpeculativeEngine
-from langchain_spthink.events import FinishEvent
-from langchain_spthink.sampling import SamplingParams
+from langchain_spthink.engine.events import FinishEvent
+from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.threads import available_cores, default_threads
 
 DATA = Path(__file__).resolve().parents[1] / "langchain_spthink" / "data" / "gsm8k.jsonl"

@@ -14,16 +14,16 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (one place per fact: the module, not this table, owns it)
 _EXPORTS: dict[str, str] = {
-    "AsyncSpeculativeThinkingCallbackHandler": "langchain_spthink.callbacks",
-    "SpeculativeThinkingCallbackHandler": "langchain_spthink.callbacks",
-    "ChatSpeculativeThinking": "langchain_spthink.chat_models",
-    "PRESETS": "langchain_spthink.config",
-    "SpeculativeThinkingConfig": "langchain_spthink.config",
-    "paper_instruct": "langchain_spthink.config",
-    "paper_reasoning": "langchain_spthink.config",
-    "preset": "langchain_spthink.config",
-    "Request": "langchain_spthink.engine",
-    "SpeculativeEngine": "langchain_spthink.engine",
+    "AsyncSpeculativeThinkingCallbackHandler": "langchain_spthink.chat.callbacks",
+    "SpeculativeThinkingCallbackHandler": "langchain_spthink.chat.callbacks",
+    "ChatSpeculativeThinking": "langchain_spthink.chat.model",
+    "PRESETS": "langchain_spthink.engine.config",
+    "SpeculativeThinkingConfig": "langchain_spthink.engine.config",
+    "paper_instruct": "langchain_spthink.engine.config",
+    "paper_reasoning": "langchain_spthink.engine.config",
+    "preset": "langchain_spthink.engine.config",
+    "Request": "langchain_spthink.engine.state",
+    "SpeculativeEngine": "langchain_spthink.engine.loop",
     "BackendError": "langchain_spthink.errors",
     "ConfigError": "langchain_spthink.errors",
     "HandoffError": "langchain_spthink.errors",
@@ -31,18 +31,18 @@ _EXPORTS: dict[str, str] = {
     "LargeModelError": "langchain_spthink.errors",
     "ModelLoadError": "langchain_spthink.errors",
     "SpThinkError": "langchain_spthink.errors",
-    "BudgetEvent": "langchain_spthink.events",
-    "DelegationEvent": "langchain_spthink.events",
-    "FallbackEvent": "langchain_spthink.events",
-    "FinishEvent": "langchain_spthink.events",
-    "ModelUsage": "langchain_spthink.events",
-    "TextEvent": "langchain_spthink.events",
-    "BoundaryState": "langchain_spthink.policies",
-    "Decision": "langchain_spthink.policies",
-    "DelegationPolicy": "langchain_spthink.policies",
-    "JudgePolicy": "langchain_spthink.policies",
-    "KeywordPolicy": "langchain_spthink.policies",
-    "SamplingParams": "langchain_spthink.sampling",
+    "BudgetEvent": "langchain_spthink.engine.events",
+    "DelegationEvent": "langchain_spthink.engine.events",
+    "FallbackEvent": "langchain_spthink.engine.events",
+    "FinishEvent": "langchain_spthink.engine.events",
+    "ModelUsage": "langchain_spthink.engine.events",
+    "TextEvent": "langchain_spthink.engine.events",
+    "BoundaryState": "langchain_spthink.engine.policies",
+    "Decision": "langchain_spthink.engine.policies",
+    "DelegationPolicy": "langchain_spthink.engine.policies",
+    "JudgePolicy": "langchain_spthink.engine.policies",
+    "KeywordPolicy": "langchain_spthink.engine.policies",
+    "SamplingParams": "langchain_spthink.engine.sampling",
 }
 
 __all__ = [
@@ -79,19 +79,36 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static names for type checkers and IDEs; never executed
-    from langchain_spthink.callbacks import (
+    from langchain_spthink.chat.callbacks import (
         AsyncSpeculativeThinkingCallbackHandler,
         SpeculativeThinkingCallbackHandler,
     )
-    from langchain_spthink.chat_models import ChatSpeculativeThinking
-    from langchain_spthink.config import (
+    from langchain_spthink.chat.model import ChatSpeculativeThinking
+    from langchain_spthink.engine.config import (
         PRESETS,
         SpeculativeThinkingConfig,
         paper_instruct,
         paper_reasoning,
         preset,
     )
-    from langchain_spthink.engine import Request, SpeculativeEngine
+    from langchain_spthink.engine.events import (
+        BudgetEvent,
+        DelegationEvent,
+        FallbackEvent,
+        FinishEvent,
+        ModelUsage,
+        TextEvent,
+    )
+    from langchain_spthink.engine.loop import SpeculativeEngine
+    from langchain_spthink.engine.policies import (
+        BoundaryState,
+        Decision,
+        DelegationPolicy,
+        JudgePolicy,
+        KeywordPolicy,
+    )
+    from langchain_spthink.engine.sampling import SamplingParams
+    from langchain_spthink.engine.state import Request
     from langchain_spthink.errors import (
         BackendError,
         ConfigError,
@@ -101,22 +118,6 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs; never executed
         ModelLoadError,
         SpThinkError,
     )
-    from langchain_spthink.events import (
-        BudgetEvent,
-        DelegationEvent,
-        FallbackEvent,
-        FinishEvent,
-        ModelUsage,
-        TextEvent,
-    )
-    from langchain_spthink.policies import (
-        BoundaryState,
-        Decision,
-        DelegationPolicy,
-        JudgePolicy,
-        KeywordPolicy,
-    )
-    from langchain_spthink.sampling import SamplingParams
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from langchain_spthink.config import SpeculativeThinkingConfig
+from langchain_spthink.engine.config import SpeculativeThinkingConfig
 
 NextToken = Callable[[list[int]], int]
 

@@ -18,9 +18,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 from langgraph.types import StreamMode
 
-from langchain_spthink.callbacks import event_from_custom
+from langchain_spthink.chat.callbacks import event_from_custom
+from langchain_spthink.engine.events import BudgetEvent, DelegationEvent, FallbackEvent
 from langchain_spthink.errors import InvalidRequestError
-from langchain_spthink.events import BudgetEvent, DelegationEvent, FallbackEvent
 
 __all__ = ["GraphStreamItem", "astream_with_delegations", "stream_with_delegations"]
 

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP app: ``/v1/chat/completions``, ``/v1/models`` and ``/health``.
 
 :func:`create_app` wraps a chat model (normally
-:class:`~langchain_spthink.chat_models.ChatSpeculativeThinking`) in a FastAPI app. Every request
+:class:`~langchain_spthink.chat.model.ChatSpeculativeThinking`) in a FastAPI app. Every request
 runs through the model's async streaming API (``astream``), so the event loop never blocks on
 generation; a bounded queue admits ``max_concurrency`` running plus ``max_queue`` waiting requests
 and answers 503 beyond that. A client that disconnects cancels its generation (the engine stops
@@ -53,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from integrations.openai_server import schemas
-from langchain_spthink.callbacks import DELEGATION_EVENT, FALLBACK_EVENT
+from langchain_spthink.chat.callbacks import DELEGATION_EVENT, FALLBACK_EVENT
 from langchain_spthink.errors import (
     ConfigError,
     InvalidRequestError,

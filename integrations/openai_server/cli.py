@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from langchain_spthink.config import DEFAULT_PRESET
+from langchain_spthink.engine.config import DEFAULT_PRESET
 from langchain_spthink.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def build_model(args: argparse.Namespace, ctx: _BackendContext | None = None) ->
     Returns:
         A ``ChatSpeculativeThinking``.
     """
-    from langchain_spthink.chat_models import ChatSpeculativeThinking
+    from langchain_spthink.chat.model import ChatSpeculativeThinking
 
     small: Any = args.small
     large: Any = args.large

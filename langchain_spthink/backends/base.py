@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
-from langchain_spthink.sampling import SamplingParams
+from langchain_spthink.engine.sampling import SamplingParams, TokenConstraint
 
-if TYPE_CHECKING:
-    from langchain_spthink.constraints import TokenConstraint
-
-__all__ = ["Backend", "Session", "close_stream", "vocab_fingerprint"]
+__all__ = ["Backend", "ConstraintFactory", "Session", "close_stream", "vocab_fingerprint"]
 
 
 @runtime_checkable
@@ -114,6 +111,10 @@ class Backend(Protocol):
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Session:
         """Open a request's session whose sequence starts as ``prompt_ids``."""
         ...
+
+
+ConstraintFactory = Callable[[Backend], TokenConstraint]
+"""Builds a fresh constraint for the model (its tokenizer) that will write the answer."""
 
 
 def vocab_fingerprint(pieces: Iterable[object]) -> str:

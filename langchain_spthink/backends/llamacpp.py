@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from langchain_spthink.backends.base import vocab_fingerprint
+from langchain_spthink.engine.handoff import common_prefix_length
+from langchain_spthink.engine.sampling import SamplingParams, request_generator, sample_constrained
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
-from langchain_spthink.handoff import common_prefix_length
-from langchain_spthink.sampling import SamplingParams, request_generator, sample_constrained
 from langchain_spthink.threads import resolve_threads
 
 if TYPE_CHECKING:
-    from langchain_spthink.constraints import TokenConstraint
+    from langchain_spthink.engine.sampling import TokenConstraint
 
 __all__ = ["LlamaCppBackend", "LlamaCppSession", "LLAMA_CPP_VERSION"]
 

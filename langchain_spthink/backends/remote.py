@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from langchain_spthink.backends.base import vocab_fingerprint
+from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
-from langchain_spthink.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from openai import OpenAI
     from transformers import PreTrainedTokenizerBase
 
     from langchain_spthink.backends.base import Backend
-    from langchain_spthink.constraints import TokenConstraint
+    from langchain_spthink.engine.sampling import TokenConstraint
 
 __all__ = ["RemoteBackend", "RemoteSession", "load_tokenizer"]
 

@@ -19,14 +19,14 @@ import torch
 from transformers import DynamicCache
 
 from langchain_spthink.backends.base import vocab_fingerprint
+from langchain_spthink.engine.sampling import SamplingParams, request_generator, sample_constrained
 from langchain_spthink.errors import BackendError, InvalidRequestError
-from langchain_spthink.sampling import SamplingParams, request_generator, sample_constrained
 from langchain_spthink.threads import resolve_threads, use_torch_threads
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from langchain_spthink.constraints import TokenConstraint
+    from langchain_spthink.engine.sampling import TokenConstraint
 
 __all__ = ["TransformersBackend", "TransformersSession"]
 

@@ -1,4 +1,4 @@
-r"""Evaluation harness: the paper's protocol on MATH500 / AIME24 / AMC23 / GSM8K.
+r"""The eval layer: the evaluation harness, the paper's protocol on MATH500/AIME24/AMC23/GSM8K.
 
 * :func:`load_dataset` reads a shipped dataset or a JSONL file;
 * :func:`grade` extracts the last ``\boxed{}`` answer and checks it (math-verify; GSM8K numbers);
@@ -7,6 +7,13 @@ r"""Evaluation harness: the paper's protocol on MATH500 / AIME24 / AMC23 / GSM8K
 * :func:`summarize`, :func:`format_table` and :func:`write_plots` compare runs.
 
 The command line is ``spthink eval`` and ``spthink report`` (:mod:`.cli`).
+
+May import: the engine, the backends, :mod:`langchain_spthink.chat.reasoning`, the cli's argument
+types (:mod:`langchain_spthink.cli.argtypes`), :mod:`langchain_spthink.errors`,
+:mod:`langchain_spthink.models`, math-verify, matplotlib and tqdm (the last two inside the
+functions that plot and show progress). Must not import: ``integrations``; and neither the chat
+layer nor the tools layer may import this one (contracts in ``pyproject.toml``, checked by
+``lint-imports``). Importing this package loads no torch, transformers or LangChain.
 """
 
 from langchain_spthink.eval.datasets import DATASETS, Problem, dataset_grader, load_dataset

@@ -17,15 +17,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from langchain_spthink._argtypes import (
+from langchain_spthink.backends.base import Backend
+from langchain_spthink.cli.argtypes import (
     add_model_arguments,
     add_policy_arguments,
     key_value,
     policy_overrides,
     positive_int,
 )
-from langchain_spthink.backends.base import Backend
-from langchain_spthink.config import PRESETS
+from langchain_spthink.engine.config import PRESETS
 from langchain_spthink.errors import ConfigError, ModelLoadError, SpThinkError
 from langchain_spthink.eval.datasets import DATASETS, dataset_grader, load_dataset
 from langchain_spthink.eval.report import format_table, run_labels, summarize, write_plots
@@ -235,7 +235,7 @@ class _Context:
         if spec not in self.loaded:
             source = self.backends
             if source is None:
-                from langchain_spthink.loading import load_backend
+                from langchain_spthink.backends.loading import load_backend
 
                 self.loaded[spec] = load_backend(spec, threads=self.threads)
             elif isinstance(source, Mapping):

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from langchain_spthink.backends.base import Backend
-from langchain_spthink.config import DEFAULT_PRESET, SpeculativeThinkingConfig, preset
-from langchain_spthink.engine import Mode, Request, SpeculativeEngine
+from langchain_spthink.chat.reasoning import opens_reasoning
+from langchain_spthink.engine.config import DEFAULT_PRESET, SpeculativeThinkingConfig, preset
+from langchain_spthink.engine.events import DelegationEvent, FallbackEvent, FinishEvent
+from langchain_spthink.engine.loop import Mode, Request, SpeculativeEngine
 from langchain_spthink.errors import ConfigError
 from langchain_spthink.eval.datasets import GraderKind, Problem
 from langchain_spthink.eval.grading import grade
 from langchain_spthink.eval.report import RunSummary, summarize
-from langchain_spthink.events import DelegationEvent, FallbackEvent, FinishEvent
-from langchain_spthink.reasoning import opens_reasoning
 
 __all__ = [
     "DELEGATION_KINDS",

@@ -15,11 +15,11 @@ from langchain_core.messages import HumanMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.callbacks import DELEGATION_EVENT, SpeculativeThinkingCallbackHandler
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.config import SpeculativeThinkingConfig
-from langchain_spthink.events import DelegationEvent
-from langchain_spthink.messages import render_prompt_ids, to_chat_dicts
+from langchain_spthink.chat.callbacks import DELEGATION_EVENT, SpeculativeThinkingCallbackHandler
+from langchain_spthink.chat.messages import render_prompt_ids, to_chat_dicts
+from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.config import SpeculativeThinkingConfig
+from langchain_spthink.engine.events import DelegationEvent
 from tests.numerics import torch_threads
 
 pytestmark = pytest.mark.embedded

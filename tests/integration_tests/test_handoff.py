@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.detok import IncrementalDetokenizer
-from langchain_spthink.handoff import common_prefix_length, resync
+from langchain_spthink.engine.detok import IncrementalDetokenizer
+from langchain_spthink.engine.handoff import common_prefix_length, resync
 
 pytestmark = pytest.mark.embedded
 

@@ -33,7 +33,7 @@ from langchain_spthink import (
 )
 from langchain_spthink.backends.llamacpp import LlamaCppBackend
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.messages import render_prompt_ids, to_chat_dicts
+from langchain_spthink.chat.messages import render_prompt_ids, to_chat_dicts
 from tests.numerics import THREADS, torch_threads
 from tests.unit_tests._reliability_fakes import Recording
 

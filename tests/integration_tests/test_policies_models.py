@@ -16,7 +16,7 @@ from langchain_spthink import (
     SpeculativeEngine,
     SpeculativeThinkingConfig,
 )
-from langchain_spthink.policies import DIGITS, BoundaryState, Decision, Judge, expected_score
+from langchain_spthink.engine.policies import DIGITS, BoundaryState, Decision, Judge, expected_score
 
 pytestmark = pytest.mark.embedded
 GREEDY = SamplingParams(temperature=0.0)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.chat_models import ChatSpeculativeThinking
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 from tests.unit_tests._reliability_fakes import Recording
 from tests.unit_tests.test_reliability_concurrency import (
     THREADS,

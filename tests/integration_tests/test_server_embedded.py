@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from integrations.openai_server import create_app
-from langchain_spthink.chat_models import ChatSpeculativeThinking
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 from tests.unit_tests.test_server import serving
 
 pytestmark = pytest.mark.embedded

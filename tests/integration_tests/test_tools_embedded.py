@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field
 
 from langchain_spthink.backends.llamacpp import LlamaCppBackend
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.constraints import GrammarConstraint, json_grammar, llg_tokenizer
-from langchain_spthink.sampling import SamplingParams
+from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.sampling import SamplingParams
+from langchain_spthink.tools.constraints import GrammarConstraint, json_grammar, llg_tokenizer
 
 pytestmark = pytest.mark.embedded
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from langchain_spthink import loading, models
+from langchain_spthink import models
+from langchain_spthink.backends import loading
 
 EMBEDDED_PACKAGES = frozenset(m.package for m in models.EMBEDDED_MODELS.values())
 MESSAGE = "unit test used the embedded model files"

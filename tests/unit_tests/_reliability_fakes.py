@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import InvalidRequestError
-from langchain_spthink.sampling import SamplingParams
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from langchain_core.documents import Document
 
 from integrations.retrieval import BM25Retriever, load_corpus
 from langchain_spthink import ChatSpeculativeThinking
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

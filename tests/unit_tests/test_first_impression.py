@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +17,9 @@ import torch
 
 import langchain_spthink
 from langchain_spthink import threads as threads_mod
-from langchain_spthink.cli import build_parser, run_cli
-from langchain_spthink.sampling import SamplingParams
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.cli.main import build_parser, run_cli
+from langchain_spthink.engine.sampling import SamplingParams
 
 HEAVY = ("torch", "transformers", "langchain_core", "llama_cpp", "numpy")
 
@@ -36,13 +38,17 @@ def _modules_after(code: str) -> set[str]:
     "code",
     [
         "import langchain_spthink",
-        "import langchain_spthink.cues, langchain_spthink.config, langchain_spthink.events",
-        "from langchain_spthink.cli import run_cli; run_cli(['--help'])",
-        "from langchain_spthink.cli import run_cli; run_cli(['run', '--help'])",
-        "from langchain_spthink.cli import run_cli; run_cli(['eval', '--help'])",
-        "from langchain_spthink.cli import run_cli; run_cli(['serve', '--help'])",
-        "from langchain_spthink.cli import run_cli; run_cli(['run', 'q', '--max-token', '3'])",
-        "from langchain_spthink.cli import run_cli; run_cli(['config'])",
+        "from langchain_spthink.engine import config, cues, events, sampling",
+        "import langchain_spthink.engine, langchain_spthink.backends, langchain_spthink.chat, "
+        "langchain_spthink.tools, langchain_spthink.cli, langchain_spthink.eval",
+        "import contextlib\nfrom langchain_spthink.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n    main(['--help'])",
+        "from langchain_spthink.cli.main import run_cli; run_cli(['--help'])",
+        "from langchain_spthink.cli.main import run_cli; run_cli(['run', '--help'])",
+        "from langchain_spthink.cli.main import run_cli; run_cli(['eval', '--help'])",
+        "from langchain_spthink.cli.main import run_cli; run_cli(['serve', '--help'])",
+        "from langchain_spthink.cli.main import run_cli; run_cli(['run', 'q', '--max-token', '3'])",
+        "from langchain_spthink.cli.main import run_cli; run_cli(['config'])",
     ],
 )
 def test_import_and_help_load_no_heavy_runtime(code: str) -> None:
@@ -52,8 +58,8 @@ def test_import_and_help_load_no_heavy_runtime(code: str) -> None:
 
 
 def test_lazy_exports_resolve_to_their_modules() -> None:
-    from langchain_spthink.chat_models import ChatSpeculativeThinking
-    from langchain_spthink.engine import SpeculativeEngine
+    from langchain_spthink.chat.model import ChatSpeculativeThinking
+    from langchain_spthink.engine.loop import SpeculativeEngine
 
     assert langchain_spthink.ChatSpeculativeThinking is ChatSpeculativeThinking
     assert langchain_spthink.SpeculativeEngine is SpeculativeEngine
@@ -63,6 +69,18 @@ def test_lazy_exports_resolve_to_their_modules() -> None:
     assert sorted(langchain_spthink.__all__) == sorted([*langchain_spthink._EXPORTS, "__version__"])
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         _ = langchain_spthink.Nope  # type: ignore[attr-defined]
+
+
+def test_static_names_match_the_lazy_table() -> None:
+    """The ``if TYPE_CHECKING:`` block (type checkers, the API reference) mirrors ``_EXPORTS``."""
+    tree = ast.parse(Path(langchain_spthink.__file__).read_text(encoding="utf-8"))
+    static: dict[str, str | None] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom), ast.unparse(statement)
+                static.update({alias.name: statement.module for alias in statement.names})
+    assert static == langchain_spthink._EXPORTS
 
 
 # ------------------------------------------------------------------------------ strict CLI
@@ -173,7 +191,7 @@ def test_thread_count_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_forwards_run_with_the_backends_threads_in_any_thread(tiny_pair: Any) -> None:
     from langchain_spthink.backends.transformers import TransformersBackend
-    from langchain_spthink.sampling import SamplingParams
+    from langchain_spthink.engine.sampling import SamplingParams
 
     small = tiny_pair[0]
     backend = TransformersBackend(small.model, small.tokenizer, name="t", threads=1)
@@ -196,8 +214,8 @@ def test_forwards_run_with_the_backends_threads_in_any_thread(tiny_pair: Any) ->
 
 
 def test_threads_reach_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_spthink import loading
-    from langchain_spthink.chat_models import ChatSpeculativeThinking
+    from langchain_spthink.backends import loading
+    from langchain_spthink.chat.model import ChatSpeculativeThinking
 
     calls: list[tuple[str, Any]] = []
 
@@ -222,7 +240,7 @@ def test_the_server_logs_one_line_per_request(caplog: pytest.LogCaptureFixture) 
     from fastapi.testclient import TestClient
 
     from integrations.openai_server import create_app
-    from langchain_spthink.chat_models import ChatSpeculativeThinking
+    from langchain_spthink.chat.model import ChatSpeculativeThinking
 
     model = ChatSpeculativeThinking(
         small_model=ScriptedBackend(SMALL, name="s"),
@@ -255,7 +273,7 @@ def test_the_server_logs_one_line_per_request(caplog: pytest.LogCaptureFixture) 
 @pytest.mark.parametrize(("max_tokens", "opening"), [(20, 10), (9, 4), (1, 0), (400, 100)])
 def test_the_opening_never_takes_the_whole_budget(max_tokens: int, opening: int) -> None:
     from langchain_spthink import Request, SpeculativeEngine, paper_instruct
-    from langchain_spthink.events import DelegationEvent, FinishEvent
+    from langchain_spthink.engine.events import DelegationEvent, FinishEvent
 
     words = " ".join(f"w{i}" for i in range(500))
     small = ScriptedBackend([words], name="s")

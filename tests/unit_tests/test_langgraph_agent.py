@@ -31,8 +31,8 @@ from integrations.langgraph import (
 )
 from integrations.math_tools import make_calculator_tool
 from langchain_spthink import ChatSpeculativeThinking, DelegationEvent
+from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.errors import InvalidRequestError
-from langchain_spthink.testing import ScriptedBackend
 
 
 def call(expression: str, id: str) -> dict[str, Any]:

@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from langchain_spthink import models
+from langchain_spthink.backends.loading import load_backend
 from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
+from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.chat_models import ChatSpeculativeThinking
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 from langchain_spthink.errors import ModelLoadError
-from langchain_spthink.loading import load_backend
-from langchain_spthink.testing import ScriptedBackend
 from tests import tiny_models
 from tests.unit_tests._no_model_files import (
     EMBEDDED_PACKAGES,

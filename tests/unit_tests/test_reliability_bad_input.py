@@ -35,10 +35,15 @@ from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 
 from integrations.openai_server import create_app
-from langchain_spthink import chat_models, loading, models
+from langchain_spthink import models
+from langchain_spthink.backends import loading
+from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.engine import Request, SpeculativeEngine
+from langchain_spthink.chat import model as chat_model
+from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.events import FinishEvent, TextEvent
+from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import (
     ConfigError,
     HandoffError,
@@ -46,9 +51,6 @@ from langchain_spthink.errors import (
     ModelLoadError,
     SpThinkError,
 )
-from langchain_spthink.events import FinishEvent, TextEvent
-from langchain_spthink.sampling import SamplingParams
-from langchain_spthink.testing import ScriptedBackend
 from tests.tiny_models import write_tiny_gguf
 from tests.unit_tests._reliability_fakes import ByteBackend, Recording
 from tests.unit_tests.test_server import serving
@@ -64,9 +66,9 @@ CONTEXT = 64  # context window of the context-limited tiny models
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
-    chat_models.clear_backend_cache()
+    chat_model.clear_backend_cache()
     yield
-    chat_models.clear_backend_cache()
+    chat_model.clear_backend_cache()
 
 
 def scripted_model(**kw: Any) -> tuple[ChatSpeculativeThinking, list[Any]]:

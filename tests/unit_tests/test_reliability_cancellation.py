@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 from tests.unit_tests._reliability_fakes import Recording, one_torch_thread
 
 SHORT = 8  # tokens of the request timed after the cancel

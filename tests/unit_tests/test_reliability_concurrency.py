@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 from tests.numerics import THREADS, torch_threads
 from tests.unit_tests._reliability_fakes import Recording
 

@@ -28,18 +28,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as stat
 from hypothesis import strategies as st
 
-from langchain_spthink import chat_models
 from langchain_spthink.backends.remote import RemoteBackend
-from langchain_spthink.callbacks import SpeculativeThinkingCallbackHandler
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.config import SpeculativeThinkingConfig
-from langchain_spthink.engine import Request, SpeculativeEngine
+from langchain_spthink.backends.scripted import EOS_TEXT, ScriptedBackend
+from langchain_spthink.chat import model as chat_model
+from langchain_spthink.chat.callbacks import SpeculativeThinkingCallbackHandler
+from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.config import SpeculativeThinkingConfig
+from langchain_spthink.engine.events import DelegationEvent, FallbackEvent, FinishEvent, TextEvent
+from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import LargeModelError
-from langchain_spthink.events import DelegationEvent, FallbackEvent, FinishEvent, TextEvent
-from langchain_spthink.sampling import SamplingParams
-from langchain_spthink.testing import EOS_TEXT, ScriptedBackend
 from tests.unit_tests._reliability_fakes import Recording
-from tests.unit_tests.test_remote import HANG_SECONDS, NO_TIMEOUT, FakeServer
+from tests.unit_tests.backends.test_remote import HANG_SECONDS, NO_TIMEOUT, FakeServer
 
 GREEDY = SamplingParams(temperature=0.0)
 WORDS = ["Wait,", "check", "yes", "so", "we", "add", "x", "4.", "final answer", "hmm"]
@@ -412,7 +412,7 @@ def test_remote_server_hanging_falls_back_after_the_read_timeout(
 
 def test_chat_model_with_dead_remote_server(tiny_tokenizer: Any) -> None:
     """Chat model + remote large model (concurrent drafts on): one event, complete answer."""
-    chat_models.clear_backend_cache()
+    chat_model.clear_backend_cache()
     srv = FakeServer()
     kill(srv)  # dead before the first request
     large = Recording(

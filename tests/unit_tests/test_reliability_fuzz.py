@@ -1,16 +1,16 @@
 """Property tests (hypothesis) of the pure pieces bad input reaches first.
 
-* the cue classifier (:mod:`langchain_spthink.cues`) against an independent scanner, with random
-  word lists (regex metacharacters, non-ASCII), in substring and whole-word mode;
-* the hand-off re-synchronisation (:mod:`langchain_spthink.handoff`): the session ends equal to
-  the target with the fewest operations, and on a real model its KV cache equals a fresh prefill;
-  text hand-off between different tokenizers on random scripts;
-* the config validator (:mod:`langchain_spthink.config`): any value of any field either builds a
-  config or raises ``ConfigError`` naming the field, never another exception;
-* tool-call parsing (:mod:`langchain_spthink.tool_parsing`): never raises, loses no text, the
+* the cue classifier (:mod:`langchain_spthink.engine.cues`) against an independent scanner, with
+  random word lists (regex metacharacters, non-ASCII), in substring and whole-word mode;
+* the hand-off re-synchronisation (:mod:`langchain_spthink.engine.handoff`): the session ends
+  equal to the target with the fewest operations, and on a real model its KV cache equals a fresh
+  prefill; text hand-off between different tokenizers on random scripts;
+* the config validator (:mod:`langchain_spthink.engine.config`): any value of any field either
+  builds a config or raises ``ConfigError`` naming the field, never another exception;
+* tool-call parsing (:mod:`langchain_spthink.tools.parsing`): never raises, loses no text, the
   streaming parser agrees with the whole-text one, and generated valid calls round-trip.
 
-``tests/unit_tests/test_helpers.py`` holds the classifier's reference cases and two more
+``tests/unit_tests/engine/test_helpers.py`` holds the classifier's reference cases and two more
 properties (agreement with counting for the default words; totality).
 """
 
@@ -24,18 +24,18 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from langchain_spthink import chat_models
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.config import SpeculativeThinkingConfig, preset
-from langchain_spthink.cues import classify, count_words
-from langchain_spthink.engine import Request, SpeculativeEngine
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.chat import model as chat_model
+from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.config import SpeculativeThinkingConfig, preset
+from langchain_spthink.engine.cues import classify, count_words
+from langchain_spthink.engine.events import DelegationEvent, FinishEvent, TextEvent
+from langchain_spthink.engine.handoff import common_prefix_length, resync
+from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import ConfigError, SpThinkError
-from langchain_spthink.events import DelegationEvent, FinishEvent, TextEvent
-from langchain_spthink.handoff import common_prefix_length, resync
-from langchain_spthink.sampling import SamplingParams
-from langchain_spthink.testing import ScriptedBackend
-from langchain_spthink.tool_parsing import ToolCallStream, parse_tool_calls
-from langchain_spthink.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from langchain_spthink.tools.parsing import ToolCallStream, parse_tool_calls
+from langchain_spthink.tools.schema import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from tests.unit_tests._reliability_fakes import one_torch_thread
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -307,7 +307,7 @@ CHAT_KNOBS = ["temperature", "top_p", "top_k", "timeout", "large_step_timeout", 
 @example(name="temperature", value="hot")
 def test_chat_model_knobs_are_config_errors_at_construction_and_call(name: str, value: Any) -> None:
     """The chat model's knobs: a ConfigError at construction, a typed error at call time."""
-    chat_models.clear_backend_cache()
+    chat_model.clear_backend_cache()
     small = ScriptedBackend(["Hi."], name="s")
     try:
         ChatSpeculativeThinking(small_model=small, large_model=small, **{name: value})

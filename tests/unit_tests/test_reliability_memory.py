@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from langchain_spthink.backends.transformers import TransformersBackend, TransformersSession
-from langchain_spthink.chat_models import ChatSpeculativeThinking
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 from tests.unit_tests._reliability_fakes import one_torch_thread
 
 WARM_UP = 20

@@ -29,14 +29,16 @@ from fastapi import FastAPI
 
 from integrations.openai_server import cli as serve_cli
 from integrations.openai_server import create_app
-from langchain_spthink import chat_models, loading, models
+from langchain_spthink import models
+from langchain_spthink.backends import loading
 from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
+from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.cli import build_parser
+from langchain_spthink.chat import model as chat_model
+from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.cli.main import build_parser
+from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import ModelLoadError
-from langchain_spthink.sampling import SamplingParams
-from langchain_spthink.testing import ScriptedBackend
 
 SECRET = "sk-test-5f1c0ffee-DO-NOT-LOG"
 OTHER = "sk-wrong-9a8b7c6d-DO-NOT-LOG"
@@ -63,14 +65,14 @@ def test_trust_remote_code_reaches_transformers_only_when_enabled(
 
     monkeypatch.setattr(models, "_pretrained", pretrained)
     models.clear_model_cache()
-    chat_models.clear_backend_cache()
+    chat_model.clear_backend_cache()
     kwargs = {"trust_remote_code": True} if enabled else {}
     model = ChatSpeculativeThinking(small_model=str(tmp_path), mode="small", **kwargs)
     with pytest.raises(ModelLoadError):
         model.invoke("hi")
     assert seen and all(kw["trust_remote_code"] is enabled for kw in seen)
     assert all(kw["local_files_only"] is True for kw in seen)  # a local path never goes online
-    chat_models.clear_backend_cache()
+    chat_model.clear_backend_cache()
 
 
 def test_remote_backend_tokenizer_never_trusts_remote_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +199,7 @@ def test_url_spec_reads_the_key_from_the_named_variable(
         assert server.headers[0]["authorization"] == f"Bearer {SECRET}"
     finally:
         server.close()
-        chat_models.clear_backend_cache()
+        chat_model.clear_backend_cache()
 
 
 @pytest.mark.parametrize("status", [200, 401, 500])

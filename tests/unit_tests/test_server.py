@@ -1,7 +1,8 @@
 """The OpenAI-compatible server on loopback, driven by the real ``openai`` client and ChatOpenAI.
 
-Models are scripted fakes (:class:`~langchain_spthink.testing.ScriptedBackend`), so outputs are
-known and every test is fast. The server runs in uvicorn on a background thread per test module.
+Models are scripted fakes (:class:`~langchain_spthink.backends.scripted.ScriptedBackend`), so
+outputs are known and every test is fast. The server runs in uvicorn on a background thread per
+test module.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import ChatGenerationChunk
 
 from integrations.openai_server import create_app
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 
 PLAIN = ["Hello there, friend.\n\n", "The sum is 4."]
 DELEG_SMALL = ["First step here.\n\n", "Wait, maybe not.\n\n", "So the answer is 4."]
@@ -817,10 +818,10 @@ def test_forced_tool_choice_and_json_schema_are_constrained() -> None:
             },
         )
         # No scripted piece fits the schema, so every token is the scripted fake's documented
-        # fallback (langchain_spthink/testing.py): the allowed piece that ends a value soonest,
-        # then the shortest, then the lowest id. That spells '{"answer": ' one character at a
-        # time; then the allowed one-character pieces are the ten digits, and the one with the
-        # lowest id in the (process-wide) word vocabulary is written; then "}".
+        # fallback (langchain_spthink/backends/scripted.py): the allowed piece that ends a value
+        # soonest, then the shortest, then the lowest id. That spells '{"answer": ' one character
+        # at a time; then the allowed one-character pieces are the ten digits, and the one with
+        # the lowest id in the (process-wide) word vocabulary is written; then "}".
         digit = min("0123456789", key=lambda d: small.vocab.by_text[d])
         assert reply.choices[0].message.content == '{"answer": ' + digit + "}"
         reply = c.chat.completions.create(

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from integrations.openai_server import cli
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 
 
 class FakeContext:

@@ -8,8 +8,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from integrations.openai_server import create_app
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 
 SCRIPT = ["Hello there, friend.\n\n", "Wait, the sum is 4.\n\n", "Done."]
 

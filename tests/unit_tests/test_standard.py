@@ -7,8 +7,8 @@ from typing import Any
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_spthink.chat_models import ChatSpeculativeThinking
-from langchain_spthink.testing import ScriptedBackend
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.chat.model import ChatSpeculativeThinking
 
 
 class TestChatSpeculativeThinkingUnit(ChatModelUnitTests):

@@ -1,0 +1,314 @@
+r"""Scripted fake backends with known outputs, for testing engines, chains and agents offline.
+
+A :class:`ScriptedBackend` writes text from a *script*: a list of paragraphs. At any point its next
+token is token ``j`` of paragraph ``k``, where ``k`` is the number of ``"\\n\\n"`` in the output so
+far and ``j`` the number of tokens since the last one. So after another model wrote part of a
+paragraph, a scripted model carries on from the same offset of its own paragraph, which makes the
+expected output of every branch of the control loop easy to write down by hand.
+
+Two tokenizers are available: ``"word"`` (words with their leading space; ``"\\n"`` alone) and
+``"char"`` (one token per character), to test the id and the text hand-off.
+
+Constrained decoding works on scripted models too: :meth:`ScriptedBackend.constraint_tokenizer`
+gives llguidance the vocabulary as it stands (the script's pieces and every printable ASCII
+character are registered first), and a constrained session writes the scripted token when the
+constraint allows it, else the allowed token that ends soonest: EOS, then a piece starting with
+``"`` (closes a string), then ``}`` or ``]``, then ``,`` or ``:``, then any other piece
+(shortest, then lowest id first). So a script that strays from the grammar still reaches a
+complete JSON value in a few tokens.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from langchain_spthink.engine.sampling import SamplingParams
+from langchain_spthink.errors import BackendError, InvalidRequestError
+
+if TYPE_CHECKING:
+    import llguidance
+
+    from langchain_spthink.engine.sampling import TokenConstraint
+
+__all__ = ["ScriptedBackend", "ScriptedSession", "tokenize_words"]
+
+EOS_TEXT = "<eos>"
+_WORD = re.compile(r"\n| ?[^\s]+|[^\S\n]")
+
+
+def tokenize_words(text: str) -> list[str]:
+    r"""Split text into word tokens: ``"\\n"``, words with one optional leading space, spaces."""
+    return _WORD.findall(text)
+
+
+class _Vocab:
+    """A growing string <-> id table; id 0 is EOS."""
+
+    def __init__(self) -> None:
+        self.by_text: dict[str, int] = {EOS_TEXT: 0}
+        self.by_id: list[str] = [EOS_TEXT]
+        self._lock = threading.Lock()  # sessions may run in worker threads
+
+    def id(self, piece: str) -> int:
+        found = self.by_text.get(piece)
+        if found is not None:
+            return found
+        with self._lock:
+            if piece not in self.by_text:
+                self.by_text[piece] = len(self.by_id)
+                self.by_id.append(piece)
+            return self.by_text[piece]
+
+
+_VOCABS = {"word": _Vocab(), "char": _Vocab()}
+
+
+class ScriptedBackend:
+    r"""A deterministic fake model that writes paragraphs from a script.
+
+    Args:
+        script: Paragraphs; paragraph ``k`` is written after the ``k``-th ``"\\n\\n"``.
+            Past the last paragraph the model writes EOS.
+        name: Model name.
+        tokenizer: ``"word"`` or ``"char"``.
+        context_length: Maximum sequence length.
+        fail_after: Raise ``RuntimeError`` when asked for this many tokens in total (fault
+            injection); ``None`` never fails.
+        on_token: Called after every sampled token (e.g. to advance a fake clock).
+        stop_texts: Texts that end this model's turn (see the backend protocol).
+    """
+
+    def __init__(
+        self,
+        script: Sequence[str],
+        *,
+        name: str = "scripted",
+        tokenizer: str = "word",
+        context_length: int = 100_000,
+        fail_after: int | None = None,
+        on_token: Callable[[], None] | None = None,
+        stop_texts: Sequence[str] = (),
+    ) -> None:
+        self.script = list(script)
+        self.stop_texts = tuple(stop_texts)
+        self._name = name
+        self.tokenizer_kind = tokenizer
+        self.vocab = _VOCABS[tokenizer]
+        self._context_length = context_length
+        self.fail_after = fail_after
+        self.on_token = on_token
+        self.tokens_sampled = 0
+        self.sessions: list[ScriptedSession] = []
+        self.last_prompt = ""
+
+    @property
+    def name(self) -> str:
+        """Model name."""
+        return self._name
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """EOS is id 0."""
+        return frozenset({0})
+
+    @property
+    def context_length(self) -> int:
+        """Maximum sequence length."""
+        return self._context_length
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Same for every scripted backend with the same tokenizer kind."""
+        return f"scripted-{self.tokenizer_kind}"
+
+    def pieces(self, text: str) -> list[str]:
+        """Token strings of ``text``."""
+        return tokenize_words(text) if self.tokenizer_kind == "word" else list(text)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``."""
+        return [self.vocab.id(p) for p in self.pieces(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids`` (EOS dropped)."""
+        return "".join(self.vocab.by_id[i] for i in ids if i != 0)
+
+    def next_piece(self, output: str) -> str:
+        """The token this model writes after ``output``."""
+        k = output.count("\n\n")
+        if k >= len(self.script):
+            return EOS_TEXT
+        tail = output[output.rfind("\n\n") + 2 :] if k else output
+        offset = len(self.pieces(tail))
+        paragraph = self.pieces(self.script[k])
+        return paragraph[offset] if offset < len(paragraph) else EOS_TEXT
+
+    def constraint_tokenizer(self) -> llguidance.LLTokenizer:
+        """An llguidance tokenizer over the current vocabulary (for constrained decoding).
+
+        The script's pieces and every printable ASCII character are registered first, so any
+        JSON text can be written; ids registered later are never allowed by constraints built
+        from this tokenizer.
+        """
+        import llguidance
+
+        for paragraph in self.script:
+            self.encode(paragraph)
+        for char in string.printable:
+            self.vocab.id(char)
+        snapshot = list(self.vocab.by_id)
+        known = {piece: i for i, piece in enumerate(snapshot)}
+
+        class _Wrapped:
+            eos_token_id = 0
+            bos_token_id = None
+            special_token_ids = [0]
+            tokens = [b"\xff" + EOS_TEXT.encode(), *(p.encode() for p in snapshot[1:])]
+
+            def __call__(inner, text: str | bytes) -> list[int]:  # noqa: N805
+                if isinstance(text, bytes):
+                    text = text.decode("utf-8", errors="replace")
+                ids: list[int] = []
+                for piece in self.pieces(text):
+                    found = known.get(piece)
+                    ids.extend([found] if found is not None else (known.get(c, 0) for c in piece))
+                return ids
+
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Wrapped()), eos_token=0)
+
+    def chat_prompt_ids(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Render messages as ``role: content`` lines, then ``assistant:``."""
+        lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
+        if tools:
+            lines.insert(
+                0, "tools: " + ", ".join(str(t.get("function", t).get("name")) for t in tools)
+            )
+        text = "\n".join(lines)
+        if add_generation_prompt and not continue_final_message:
+            text += "\nassistant:"
+        self.last_prompt = text
+        return self.encode(text)
+
+    def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> ScriptedSession:
+        """Open a session.
+
+        A session opened from a snapshot of an open session's sequence (a fork, as concurrent
+        drafts make) keeps that session's prompt length, so the script sees the same output.
+        """
+        prompt_len = len(prompt_ids)
+        if prompt_len >= self._context_length:  # as every real backend refuses it
+            raise InvalidRequestError(
+                f"the prompt has {prompt_len} tokens but {self.name} accepts at most "
+                f"{self._context_length} (prompt + output)"
+            )
+        for other in self.sessions:
+            if not other.closed and list(prompt_ids[: other.prompt_len]) == list(
+                other.ids[: other.prompt_len]
+            ):
+                prompt_len = other.prompt_len
+                break
+        session = ScriptedSession(self, prompt_ids, prompt_len)
+        self.sessions.append(session)
+        return session
+
+
+class ScriptedSession:
+    """Session of a :class:`ScriptedBackend`; counts forwarded positions like a real cache."""
+
+    def __init__(
+        self, backend: ScriptedBackend, prompt_ids: Sequence[int], prompt_len: int | None = None
+    ) -> None:
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt is empty: a session needs at least one token")
+        self.backend = backend
+        self.prompt_len = len(prompt_ids) if prompt_len is None else prompt_len
+        self._ids = list(prompt_ids)
+        self._cached = 0
+        self._forwarded = 0
+        self.closed = False
+        self.truncations: list[int] = []
+
+    @property
+    def ids(self) -> Sequence[int]:
+        """Prompt + output ids."""
+        return self._ids
+
+    @property
+    def forwarded(self) -> int:
+        """Positions forwarded so far."""
+        return self._forwarded
+
+    def extend(self, ids: Sequence[int]) -> None:
+        """Append ids."""
+        self._ids.extend(ids)
+
+    def truncate(self, length: int) -> None:
+        """Crop."""
+        self.truncations.append(length)
+        del self._ids[length:]
+        self._cached = min(self._cached, length)
+
+    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
+        """Write scripted tokens (constrained: the scripted one if allowed, else the first)."""
+        for _ in range(max_new):
+            if self.closed:
+                raise RuntimeError("session used after close")
+            backend = self.backend
+            if backend.fail_after is not None and backend.tokens_sampled >= backend.fail_after:
+                raise RuntimeError(f"{backend.name} failed (injected)")
+            if self._cached >= len(self._ids):
+                self._cached = len(self._ids) - 1
+            self._forwarded += len(self._ids) - self._cached
+            self._cached = len(self._ids)
+            output = backend.decode(self._ids[self.prompt_len :])
+            token = backend.vocab.id(backend.next_piece(output))
+            if constraint is not None:
+                token = _constrained(constraint, token, backend.vocab.by_id)
+            backend.tokens_sampled += 1
+            self._ids.append(token)
+            if backend.on_token is not None:
+                backend.on_token()
+            yield token
+
+    def close(self) -> None:
+        """Mark closed."""
+        self.closed = True
+
+
+def _fallback_rank(piece: str) -> int:
+    """How soon a piece ends a constrained value: EOS, then JSON closers, then the rest."""
+    if piece == EOS_TEXT:
+        return 0
+    first = piece[:1]
+    return 1 if first == '"' else 2 if first in "}]" else 3 if first in ",:" else 4
+
+
+def _constrained(constraint: TokenConstraint, token: int, pieces: Sequence[str]) -> int:
+    """The scripted ``token`` if ``constraint`` allows it, else the best-ranked allowed id.
+
+    Ranked by :func:`_fallback_rank`, then by length (a long piece can reopen what a short one
+    closes, e.g. ``"key":``), then by id.
+    """
+    logits = torch.zeros(len(pieces))
+    logits[token] = 1.0
+    allowed = torch.isfinite(constraint.mask(logits))
+    if not bool(allowed[token]):
+        found = [int(i) for i in allowed.nonzero().flatten()]
+        if not found:
+            raise BackendError("the constraint allows no token of the scripted vocabulary")
+        token = min(found, key=lambda i: (_fallback_rank(pieces[i]), len(pieces[i]), i))
+    constraint.accept(token)
+    return token

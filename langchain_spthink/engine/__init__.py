@@ -1,0 +1,15 @@
+"""The engine layer: the speculative-thinking control loop, pure: token ids in, typed events out.
+
+Modules: :mod:`.loop` (:class:`~langchain_spthink.engine.loop.SpeculativeEngine`), :mod:`.state`
+(one request's state, :class:`~langchain_spthink.engine.state.Request`), :mod:`.concurrent`
+(concurrent drafts), :mod:`.judge`, :mod:`.config`, :mod:`.cues`, :mod:`.policies`,
+:mod:`.events`, :mod:`.sampling`, :mod:`.output`, :mod:`.handoff`, :mod:`.detok`.
+
+May import: the standard library, pydantic, torch (inside sampling functions only),
+:mod:`langchain_spthink.errors`, :mod:`langchain_spthink.threads` and
+:mod:`langchain_spthink.backends.base` (the protocol the engine drives backends through).
+Must not import: LangChain (``langchain_core``, ``langchain``, ``langgraph``),
+:mod:`langchain_spthink.chat`, :mod:`langchain_spthink.cli`, :mod:`langchain_spthink.eval`,
+``integrations`` (contracts in ``pyproject.toml``, checked by ``lint-imports``). This file
+imports nothing: ``import langchain_spthink.engine`` stays light.
+"""

@@ -1,0 +1,106 @@
+"""Concurrent drafts: the large model's step of a boundary runs while the small model drafts.
+
+:func:`start_large_step` submits the step to the engine's executor on a throw-away session opened
+from a snapshot of the large model's ids; :func:`finish_large_step` waits for it and replays its
+ids into the request's real session as a draft. A step whose draft turns out neutral is discarded
+(:meth:`_PendingStep.discard`) without touching the real session.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from langchain_spthink.backends.base import close_stream
+from langchain_spthink.engine.detok import IncrementalDetokenizer
+from langchain_spthink.engine.state import (
+    RunBase,
+    _Finished,
+    _LargeFault,
+    _PendingStep,
+    _Step,
+)
+
+__all__ = ["finish_large_step", "start_large_step"]
+
+
+def start_large_step(run: RunBase, max_new: int) -> _PendingStep | None:
+    """Start the large model's step of this boundary in the executor (or return None).
+
+    The step runs on a throw-away session opened from a snapshot of the large model's ids
+    (synced to the output now: the small draft does not change the output), so the real
+    session is untouched until the step is kept.
+    """
+    engine = run.engine
+    if not engine.concurrent_drafts or engine.executor is None or run.mode != "speculative":
+        return None
+    if run.cfg.max_large_tokens is not None:
+        return None  # a capped large model runs no step that may be discarded unseen
+    track = run.tracks["large"]
+    run._check_budget(track)
+    run._sync(track)
+    track.synced = -1  # a draft is not in the output until committed
+    snapshot = list(track.session.ids)
+    budget = run._room(track, max_new)
+    stop, eos, clock = threading.Event(), track.backend.eos_ids, run.clock
+
+    def work() -> tuple[list[int], int, float]:
+        started = clock()
+        fork = track.backend.new_session(snapshot, track.sampling)
+        ids: list[int] = []
+        stream = fork.stream(budget)
+        try:
+            for token in stream:
+                if stop.is_set():
+                    break
+                ids.append(token)
+                if token in eos:
+                    break
+        finally:
+            close_stream(stream)
+            fork.close()
+        return ids, fork.forwarded, clock() - started
+
+    run.concurrent_steps += 1
+    return _PendingStep(engine.executor.submit(work), stop, run.clock())
+
+
+def finish_large_step(run: RunBase, pending: _PendingStep) -> _Step:
+    """Wait for a started large step and replay it into the real session as a draft."""
+    cfg, track = run.cfg, run.tracks["large"]
+    limits = []
+    if cfg.large_step_timeout:
+        limits.append(pending.started + cfg.large_step_timeout)
+    if run.deadline is not None:
+        limits.append(run.deadline)
+    wait = max(0.0, min(limits) - run.clock()) if limits else None
+    try:
+        ids, forwarded, seconds = pending.future.result(timeout=wait)
+    except FutureTimeout:
+        pending.discard()
+        if run.deadline is not None and run.clock() > run.deadline:
+            raise _Finished("timeout") from None
+        cause = TimeoutError(f"large-model step exceeded {cfg.large_step_timeout} s")
+        raise _LargeFault(cause) from None
+    except Exception as exc:
+        raise _LargeFault(exc) from exc
+    session = track.session
+    step = _Step(start=len(session.ids), seconds=seconds)
+    detok = IncrementalDetokenizer(track.backend.decode, session.ids[-6:])
+    track.forked_forwarded += forwarded
+    track.usage.seconds += seconds
+    for token in ids:
+        session.extend([token])
+        track.usage.generated_tokens += 1
+        if token in track.backend.eos_ids:
+            step.eos = True
+            break
+        step.ids.append(token)
+        step.text += detok.push(token)
+        step.ends.append(len(step.text))
+    tail = detok.flush()
+    if tail:
+        step.text += tail
+        if step.ends:
+            step.ends[-1] = len(step.text)
+    return step

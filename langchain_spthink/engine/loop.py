@@ -1,0 +1,452 @@
+"""The speculative-thinking control loop (ALGORITHM.md) as a generator of typed events.
+
+The engine speaks token ids; backends own tokenizers and caches. One request is one
+:class:`_Run`: a shared output (text, plus ids when both models share a tokenizer), one session per
+model, and the counters of the algorithm (state and primitives, and :class:`Request`, in
+:mod:`langchain_spthink.engine.state`). Nothing here knows about LangChain or threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Executor
+from typing import Literal
+
+from langchain_spthink.backends.base import Backend
+from langchain_spthink.engine.concurrent import finish_large_step, start_large_step
+from langchain_spthink.engine.config import SpeculativeThinkingConfig
+from langchain_spthink.engine.cues import contains_any
+from langchain_spthink.engine.events import (
+    BudgetEvent,
+    DelegationEvent,
+    DelegationKind,
+    Event,
+    FallbackEvent,
+    FinishEvent,
+    ModelUsage,
+    StopReason,
+)
+from langchain_spthink.engine.judge import next_token_probabilities
+from langchain_spthink.engine.policies import BoundaryState, Decision, DelegationPolicy
+from langchain_spthink.engine.state import (
+    Mode,
+    Request,
+    Role,
+    RunBase,
+    _CloseReasoning,
+    _Finished,
+    _LargeBudget,
+    _LargeFault,
+    _PendingStep,
+    _Step,
+    _Track,
+)
+from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
+
+__all__ = ["BEGIN_SHARE", "Mode", "Request", "Role", "SpeculativeEngine", "begin_budget"]
+
+BEGIN_SHARE = 2
+"""The large model's opening takes at most 1/BEGIN_SHARE of a request's ``max_tokens``."""
+
+
+def begin_budget(begin_tokens: int, max_tokens: int) -> int:
+    """Length of the large model's opening: ``begin_tokens``, capped at half of ``max_tokens``.
+
+    The paper's opening is 100 tokens whatever the budget; with a short budget (e.g. 20) that
+    would leave the small model nothing to write, so the opening never takes more than half.
+    0 (no opening) when ``max_tokens < 2``.
+    """
+    return min(begin_tokens, max_tokens // BEGIN_SHARE)
+
+
+class SpeculativeEngine:
+    """Runs speculative thinking over two backends.
+
+    Args:
+        small: The small (speculative) model; may be ``None`` for large-only use.
+        large: The large (target) model; may be ``None`` for small-only use.
+        config: The algorithm's knobs.
+        handoff: ``ids`` (same tokenizer), ``text`` (re-tokenize), or ``auto`` (ids iff the
+            tokenizers are equal).
+        clock: Monotonic clock (injectable for tests).
+        executor: Runs the large model's step at a boundary while the small model drafts
+            (concurrent drafts); ``None`` runs them one after the other.
+        concurrent_drafts: Use ``executor`` for large steps; default: when the large backend
+            is remote (``is_remote``), whose steps are network-bound and open cheap sessions.
+        policy: The delegation policy (default: the one ``config.policy`` names).
+    """
+
+    def __init__(
+        self,
+        small: Backend | None,
+        large: Backend | None,
+        config: SpeculativeThinkingConfig | None = None,
+        *,
+        handoff: Literal["auto", "ids", "text"] = "auto",
+        clock: Callable[[], float] = time.monotonic,
+        executor: Executor | None = None,
+        concurrent_drafts: bool | None = None,
+        policy: DelegationPolicy | None = None,
+    ) -> None:
+        self.small = small
+        self.large = large
+        self.config = config or SpeculativeThinkingConfig()
+        self.clock = clock
+        self.executor = executor
+        self.policy = policy
+        if concurrent_drafts is None:
+            concurrent_drafts = bool(getattr(large, "is_remote", False))
+        self.concurrent_drafts = concurrent_drafts and executor is not None
+        if small is None and large is None:
+            raise InvalidRequestError("an engine needs at least one model")
+        same = (
+            small is not None
+            and large is not None
+            and small.tokenizer_fingerprint == large.tokenizer_fingerprint
+        )
+        if handoff == "ids" and small is not None and large is not None and not same:
+            raise HandoffError(
+                f"handoff='ids' needs one tokenizer, but {small.name} and {large.name} differ"
+            )
+        self.share_ids = same if handoff == "auto" else handoff == "ids"
+
+    def generate(self, request: Request) -> Iterator[Event]:
+        """Run one request, yielding text, delegation and fallback events, then a finish event."""
+        if request.max_tokens <= 0:
+            raise InvalidRequestError(f"max_tokens must be positive, got {request.max_tokens}")
+        if any(not s for s in request.stop):
+            raise InvalidRequestError("stop strings must not be empty")
+        if request.answer_marker == "":
+            raise InvalidRequestError("answer_marker must not be empty (use None)")
+        if request.mode != "small" and self.large is None:
+            raise InvalidRequestError(f"mode {request.mode!r} needs a large model")
+        if request.mode != "large" and self.small is None:
+            raise InvalidRequestError(f"mode {request.mode!r} needs a small model")
+        roles = {"speculative": (self.small, self.large), "small": (self.small,)}
+        for model in roles.get(request.mode, (self.large,)):
+            if model is not None and request.max_tokens > model.context_length:
+                raise InvalidRequestError(
+                    f"max_tokens={request.max_tokens} exceeds the context window of "
+                    f"{model.name} ({model.context_length} tokens)"
+                )
+        run = _Run(self, request)
+        try:
+            yield from run.events()
+        finally:
+            run.close()
+
+
+class _Run(RunBase):
+    """The steps of ALGORITHM.md over one request's state."""
+
+    def events(self) -> Iterator[Event]:
+        reason: StopReason
+        try:
+            if self.mode == "speculative":
+                yield from self._speculative()
+            else:
+                yield from self._solo(self.tracks[self.mode])
+            reason = "eos"  # pragma: no cover - loops only leave by _Finished
+        except _Finished as fin:
+            reason = fin.reason
+        except _LargeFault as fault:
+            raise LargeModelError(f"the large model failed: {fault.cause}") from fault.cause
+        yield from self.out.drain(final=True)
+        self._count_discarded()
+        for track in self.tracks.values():
+            track.usage.forwarded_tokens = track.session.forwarded + track.forked_forwarded
+        yield FinishEvent(
+            stop_reason=reason,
+            text=self.out.text,
+            small=self.tracks["small"].usage if "small" in self.tracks else ModelUsage(),
+            large=self.tracks["large"].usage if "large" in self.tracks else ModelUsage(),
+            delegations=self.delegations,
+            seconds=self.clock() - self.started,
+            mode=self.mode,
+            extra={
+                "boundaries": float(self.boundaries),
+                "boundary_seconds": self.boundary_seconds,
+                **(
+                    {
+                        "concurrent_seconds_saved": self.saved,
+                        "concurrent_steps": float(self.concurrent_steps),
+                        "concurrent_steps_discarded": float(self.discarded_steps),
+                    }
+                    if self.engine.concurrent_drafts
+                    else {}
+                ),
+            },
+            budgets=self.budgets(),
+        )
+
+    def _solo(self, track: _Track) -> Iterator[Event]:
+        try:
+            while not self.answer_switch:
+                yield from self._write(track, self.request.max_tokens, live=True)
+        except _CloseReasoning:
+            yield from self._close_reasoning()
+        yield from self._answer()
+
+    def _speculative(self) -> Iterator[Event]:
+        cfg = self.cfg
+        try:
+            opening = begin_budget(cfg.begin_tokens, self.request.max_tokens) if cfg.begin else 0
+            if opening and not self.answer_switch:
+                yield from self._large_live("begin", opening, "begin")
+            at_boundary, carry = False, self._carry(0)
+            while not self.answer_switch:
+                if not at_boundary:
+                    yield from self._write(self.tracks["small"], 1 << 30, live=True, carry=carry)
+                if self.answer_switch:
+                    break
+                at_boundary, carry = yield from self._boundary()
+        except _LargeFault as fault:
+            if cfg.fallback == "raise" or "small" not in self.tracks:
+                raise
+            self.mode = "small"
+            cause = fault.cause
+            yield FallbackEvent(
+                reason=str(cause) or type(cause).__name__,
+                error_type="timeout" if isinstance(cause, TimeoutError) else type(cause).__name__,
+                new_mode="small",
+                position=len(self.out.text),
+            )
+        except _LargeBudget:
+            yield from self._large_spent()
+        except _CloseReasoning:
+            yield from self._close_reasoning()
+        yield from self._solo(self.tracks["small"])
+
+    def _boundary(self) -> Generator[Event, None, tuple[bool, str]]:
+        """Step 3 at a trigger, timed (boundary latency). See :meth:`_boundary_step`."""
+        started = self.clock()
+        try:
+            return (yield from self._boundary_step())
+        finally:
+            self.boundaries += 1
+            self.boundary_seconds += self.clock() - started
+
+    def _boundary_step(self) -> Generator[Event, None, tuple[bool, str]]:
+        """Step 3 at a trigger. Returns (boundary again right away, carried-over small text)."""
+        cfg, small = self.cfg, self.tracks["small"]
+        self._check_budget(small)
+        self._check_large_budget()
+        start = len(self.out.text)
+        if self.negatives >= self.recap_after:
+            yield from self._insert(cfg.recap_prompt)
+            reason = f"{self.negatives} negative steps >= {self.recap_after}"
+            yield from self._large_live("recap", self.recap_budget, reason)
+            self.negatives = 0
+            self.recap_budget = min(self.recap_budget + cfg.recap_tokens_step, cfg.recap_tokens_max)
+            self.recap_after = min(self.recap_after + cfg.recap_after_step, cfg.recap_after_max)
+            return False, self._carry(start)
+        if cfg.think_word:
+            yield from self._insert(cfg.think_word)
+        position = len(self.out.text)
+        draft: _Step | None = None
+        decision = Decision(True, "not_reasoning: every step")
+        # With not_reasoning + choose_large the small draft cannot change the outcome: skip it.
+        pending: _PendingStep | None = None
+        if not (cfg.not_reasoning and cfg.choose_large):
+            pending = start_large_step(self, cfg.draft_tokens)
+            try:
+                draft = yield from self._write(small, cfg.draft_tokens, live=False)
+                if not cfg.not_reasoning:
+                    decision = self._decide(draft)
+            except BaseException:
+                if pending is not None:
+                    pending.discard()
+                    self.discarded.append(pending)
+                raise
+            if not decision.delegate:
+                if pending is not None:
+                    pending.discard()
+                    self.discarded.append(pending)
+                    self.discarded_steps += 1
+                return (yield from self._keep_neutral(draft, start))
+        s = self._classify(draft.text) if draft is not None else None
+        if pending is not None:
+            large = finish_large_step(self, pending)
+            assert draft is not None
+            self.saved += max(0.0, draft.seconds + large.seconds - (self.clock() - pending.started))
+        else:
+            large = yield from self._write(self.tracks["large"], cfg.draft_tokens, live=False)
+        l_label = self._classify(large.text)
+        keep_large = (
+            cfg.choose_large
+            or draft is None
+            # A policy delegated a draft without cue words (e.g. the judge): its call, not the
+            # cue labels', decides. (The keyword policy never delegates a neutral draft.)
+            or (s == 0 and not cfg.not_reasoning)
+            or (s is not None and ((s < 0 <= l_label) or (s > 0 > l_label)))
+        )
+        kept_step = large if keep_large or draft is None else draft
+        kept_role: Role = "large" if keep_large else "small"
+        self.delegations += 1
+        delegation = DelegationEvent(
+            kind="reflection",
+            position=position,
+            small_draft=draft.text if draft else None,
+            large_text=large.text,
+            kept=kept_role,
+            small_label=s,
+            large_label=l_label,
+            small_tokens=len(draft.ids) if draft else 0,
+            large_tokens=len(large.ids),
+            seconds=large.seconds,
+            reason=decision.reason,
+            score=decision.score,
+        )
+        try:
+            kept_step = yield from self._commit(self.tracks[kept_role], kept_step)
+        except _Finished:
+            yield delegation
+            raise
+        yield delegation
+        if kept_step.eos:
+            raise _Finished("eos")
+        if self._classify(kept_step.text) < 0:
+            self.negatives += 1
+        if self.answer_switch:
+            return False, ""
+        if cfg.verify_tokens and contains_any(
+            kept_step.text, cfg.verify_words, word_boundary=cfg.word_boundary
+        ):
+            yield from self._large_live("verify", cfg.verify_tokens, "verify word in the step")
+        return False, self._carry(start)
+
+    def _keep_neutral(self, draft: _Step, start: int) -> Generator[Event, None, tuple[bool, str]]:
+        """Keep a neutral draft; a trigger inside it is the next boundary, as it would have been."""
+        small = self.tracks["small"]
+        region = self._carry(start)  # the think word, if any
+        cut = self._trigger_end(region + draft.text)
+        if cut is not None:
+            n = next(i for i, end in enumerate(draft.ends) if end >= cut - len(region)) + 1
+            small.session.truncate(draft.start + n)
+            draft = draft.cut(n)
+        draft = yield from self._commit(small, draft)
+        if draft.eos:
+            raise _Finished("eos")
+        return (True, "") if cut is not None else (False, self._carry(start))
+
+    def _carry(self, start: int) -> str:
+        """Output text of the current round: since ``start``, after the last trigger in it.
+
+        The small model's next write scans it with its own text, so a trigger split between a
+        kept step and the small model's first token is a boundary too.
+        """
+        text = self.out.text[start:]
+        ends = [text.rfind(t) + len(t) for t in self.cfg.triggers if t in text]
+        return text[max(ends) :] if ends else text
+
+    def _large_live(self, kind: DelegationKind, budget: int, reason: str) -> Iterator[Event]:
+        large = self.tracks["large"]
+        self._check_budget(large)
+        position, kept_before, started = len(self.out.text), large.usage.kept_tokens, self.clock()
+
+        def event() -> DelegationEvent:
+            self.delegations += 1
+            text = self.out.text[position:]
+            return DelegationEvent(
+                kind=kind,
+                position=position,
+                small_draft=None,
+                large_text=text,
+                kept="large",
+                small_label=None,
+                large_label=self._classify(text),
+                small_tokens=0,
+                large_tokens=large.usage.kept_tokens - kept_before,
+                seconds=self.clock() - started,
+                reason=reason,
+            )
+
+        try:
+            yield from self._write(large, budget, live=True, stop_at_trigger=False)
+        except (_Finished, _LargeFault, _LargeBudget, _CloseReasoning) as exc:
+            if isinstance(exc, _Finished) or large.usage.kept_tokens > kept_before:
+                yield event()
+            raise
+        yield event()
+
+    # ------------------------------------------------------------ policies, budgets, answer
+    def _decide(self, draft: _Step) -> Decision:
+        """Ask the policy about a small draft (the judge runs on the large model's cache)."""
+        large = self.tracks.get("large")
+        state = BoundaryState(
+            draft=draft.text,
+            output=self.out.text,
+            delegations=self.delegations,
+            negatives=self.negatives,
+            tokens=self.kept_tokens,
+            large_tokens=large.usage.generated_tokens if large else 0,
+        )
+        if not self.policy.needs_judge:
+            return self.policy.decide(state, None)
+        try:
+            return self.policy.decide(state, self._judge)
+        except (_Finished, _LargeFault):
+            raise
+        except Exception as exc:
+            raise _LargeFault(exc) from exc
+
+    def _judge(self, draft: str, prompt: str, choices: Sequence[str]) -> list[float]:
+        """The :class:`~langchain_spthink.engine.policies.Judge` of this request (large model)."""
+        track = self.tracks["large"]
+        self._sync(track)
+        try:
+            return next_token_probabilities(track.session, track.backend, draft + prompt, choices)
+        finally:
+            track.synced = self.out.version  # cropped back to the synced sequence
+
+    def _large_spent(self) -> Iterator[Event]:
+        """``max_large_tokens`` is spent: say so once and go on in small mode."""
+        limit = self.cfg.max_large_tokens
+        assert limit is not None
+        self.large_exhausted = True
+        self.mode = "small"
+        yield BudgetEvent(
+            budget="max_large_tokens",
+            limit=limit,
+            spent=self.tracks["large"].usage.generated_tokens,
+            position=len(self.out.text),
+        )
+
+    def _close_reasoning(self) -> Iterator[Event]:
+        """The thinking budget is spent: close the reasoning; the answer follows."""
+        cfg, marker = self.cfg, self.request.answer_marker
+        assert cfg.max_reasoning_tokens is not None
+        self.reasoning_exhausted = True
+        self._end_reasoning()
+        self.answer_switch = True
+        yield BudgetEvent(
+            budget="max_reasoning_tokens",
+            limit=cfg.max_reasoning_tokens,
+            spent=self.kept_tokens,
+            position=len(self.out.text),
+        )
+        close = cfg.reasoning_close
+        if close is None:
+            close = f"\n{marker}\n\n" if marker else "\n\nFinal answer: "
+        yield from self._insert(close)
+
+    def _answer(self) -> Iterator[Event]:
+        """One model writes the rest (the answer), under the request's constraint if any."""
+        self.answering = True
+        if self.in_reasoning:
+            self._end_reasoning()  # the whole output is the answer
+        track = self.tracks["large"] if self.mode == "large" else self.tracks["small"]
+        factory = self.request.constraint
+        constraint = factory(track.backend) if factory is not None else None
+        limit = getattr(constraint, "limit", None)
+        if callable(limit):  # optional: lets the constraint finish within the tokens left
+            limit(self._room(track, self.request.max_tokens))
+        while True:
+            yield from self._write(
+                track,
+                self.request.max_tokens,
+                live=True,
+                stop_at_trigger=False,
+                constraint=constraint,
+            )
