@@ -32,7 +32,7 @@ bench:
 	$(BIN)/python benchmarks/bench_engine.py
 
 demo:
-	$(BIN)/spthink run "$$(head -n1 langchain_spthink/data/gsm8k.jsonl | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["problem"])')"
+	$(BIN)/spthink run "$$(head -n1 langchain_spthink/data/gsm8k.jsonl | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["problem"])')" --max-tokens 200 --policy judge --seed 0
 
 # the documentation site (mkdocs-material + mkdocstrings, static analysis: imports no torch)
 docs:

@@ -7,7 +7,7 @@ step, so it always ends within --max-steps model calls. The large model's steps 
 happen (stream_mode="custom").
 
 Run: .venv/bin/python examples/agent_calculator.py ["QUESTION"] [--max-steps 3] [--max-tokens 128]
-     [--preset instruct|reasoning]
+     [--preset reasoning|instruct]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(
     *,
     max_steps: int = 3,
     max_tokens: int = 128,
-    preset: str = "instruct",
+    preset: str = "reasoning",
     llm: BaseChatModel | None = None,
 ) -> dict[str, Any]:
     """Run the agent on ``question``; returns the transcript, the answer and the delegations."""
@@ -89,6 +89,6 @@ if __name__ == "__main__":
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
     parser.add_argument("--max-steps", type=int, default=3, help="model calls at most")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per model call")
-    parser.add_argument("--preset", choices=["instruct", "reasoning"], default="instruct")
+    parser.add_argument("--preset", choices=["reasoning", "instruct"], default="reasoning")
     args = parser.parse_args()
     main(args.question, max_steps=args.max_steps, max_tokens=args.max_tokens, preset=args.preset)

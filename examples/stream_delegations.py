@@ -16,6 +16,7 @@ from langchain_spthink import (
     ChatSpeculativeThinking,
     DelegationEvent,
     SpeculativeThinkingCallbackHandler,
+    SpeculativeThinkingConfig,
 )
 
 
@@ -26,8 +27,12 @@ class PrintDelegations(SpeculativeThinkingCallbackHandler):
         print(f"\n  [large model, {event.kind}: {event.large_text!r}]", file=sys.stderr)
 
 
-def main(question: str, max_tokens: int = 120) -> str:
-    llm = ChatSpeculativeThinking(preset="instruct", temperature=0.0, max_tokens=max_tokens)
+def main(
+    question: str, max_tokens: int = 120, config: SpeculativeThinkingConfig | None = None
+) -> str:
+    # Default: the judge policy (the large model scores each drafted step, writes the weak ones).
+    config = config or SpeculativeThinkingConfig(policy="judge")
+    llm = ChatSpeculativeThinking(config=config, temperature=0.0, max_tokens=max_tokens)
     chain = (
         ChatPromptTemplate.from_messages(
             [("system", "You are a careful math tutor."), ("human", "{question}")]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -61,12 +62,19 @@ def _load(path: str, device: str) -> tuple[Any, Any]:
     with _LOCK:
         if (path, device) not in _LOADED:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
+            bars = hf_logging.is_progress_bar_enabled()
+            if os.environ.get("SPTHINK_PROGRESS", "") in ("", "0"):  # bars on request only
+                hf_logging.disable_progress_bar()
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(f"cannot load an embedding model from {path}: {exc}") from exc
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
             _LOADED[(path, device)] = (tokenizer, model)
         return _LOADED[(path, device)]
 

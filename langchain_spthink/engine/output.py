@@ -26,7 +26,8 @@ class SharedOutput:
         share_ids: Keep the output ids too (same-tokenizer hand-off).
         end_texts: Per author, texts that end that author's turn (a model's textual EOS, e.g. a
             base model starting a new ``Question:``); matched only inside one run of that
-            author's text, and the output ends before them.
+            author's text (one that starts a line may begin with that line's newline), and the
+            output ends before them.
     """
 
     def __init__(
@@ -59,9 +60,12 @@ class SharedOutput:
         run_start = self._authors[-1][0]
         self.text += text
         hits = [(p, "stop") for p in (self.text.find(s, scan_from) for s in self._stop) if p >= 0]
-        own_from = max(scan_from, run_start)
+        # A run that starts a line may start with an end text's leading newline already written
+        # (e.g. "\nQuestion:" right after a paragraph break): match from that newline, cut after it.
+        line_start = run_start > 0 and self.text[run_start - 1] == "\n"
+        own_from = max(scan_from, run_start - 1 if line_start else run_start)
         hits += [
-            (p, "eos")
+            (max(p, run_start), "eos")
             for p in (self.text.find(s, own_from) for s in self._ends.get(author, ()))
             if p >= 0
         ]

@@ -22,7 +22,10 @@ def load(name: str):  # type: ignore[no-untyped-def]
 
 
 def test_stream_delegations_example(capsys: pytest.CaptureFixture[str]) -> None:
-    answer = load("stream_delegations").main("What is 15% of 80?", max_tokens=16)
+    from langchain_spthink import paper_instruct
+
+    example = load("stream_delegations")
+    answer = example.main("What is 15% of 80?", max_tokens=16, config=paper_instruct())
     out, err = capsys.readouterr()
     assert answer and answer in out
     assert "[large model, begin:" in err  # the instruct preset lets the large model open
@@ -30,7 +33,7 @@ def test_stream_delegations_example(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_rag_math_example(capsys: pytest.CaptureFixture[str]) -> None:
     rag = load("rag_math")
-    result = rag.main(rag.DEFAULT_QUESTION, max_tokens=16)
+    result = rag.main(rag.DEFAULT_QUESTION, max_tokens=16, preset="instruct")
     out, err = capsys.readouterr()
     assert result["sources"][0] == "discount"  # the dense retriever found the worked example
     assert out.startswith("Retrieved: Price after a discount")
@@ -47,7 +50,7 @@ def test_agent_calculator_example(capsys: pytest.CaptureFixture[str]) -> None:
     from integrations.math_tools import evaluate_arithmetic, format_number
 
     agent = load("agent_calculator")
-    result = agent.main(max_steps=2, max_tokens=40)
+    result = agent.main(max_steps=2, max_tokens=40, preset="instruct")
     out, err = capsys.readouterr()
     msgs = result["messages"]
     assert [type(m) for m in msgs] == [HumanMessage, AIMessage, ToolMessage, AIMessage]

@@ -452,3 +452,14 @@ def test_stop_texts_belong_to_their_model() -> None:
     text, events = run(small, large)
     assert text == "A.\nQuestion: b.\n\nC.\n\n" and not delegations(events)
     assert finish_of(events).stop_reason == "eos"
+
+
+def test_large_step_that_opens_a_new_question_ends_the_answer() -> None:
+    small = ScriptedBackend(["A.\n\n", "Wait x y z.\n\n", "End.\n\n"], name="s")
+    large = ScriptedBackend(
+        ["L0.\n\n", "Question: more words"], name="l", stop_texts=("\nQuestion:",)
+    )
+    text, events = run(small, large, draft_tokens=4)
+    assert text == "A.\n\n" and finish_of(events).stop_reason == "eos"
+    (d,) = delegations(events)
+    assert d.kept == "large" and d.large_text.startswith("Question:")

@@ -250,3 +250,17 @@ def test_end_texts_end_only_their_authors_run() -> None:
     # A request stop string keeps its own reason and the earliest cut wins.
     out3 = SharedOutput(["STOP"], share_ids=False, end_texts={"large": ["\nQ:"]})
     assert out3.append("large", "a STOP b\nQ:", []) == "stop" and out3.text == "a "
+
+
+def test_end_text_at_the_start_of_a_run_after_a_paragraph_break() -> None:
+    # The large model's step starts right after the small model's "\n\n" with a new question:
+    # the end text's newline is the small model's, the cut keeps it.
+    out = SharedOutput(share_ids=False, end_texts={"large": ["\nQuestion:"]})
+    assert out.append("small", "15% of 80 is 12.\n\n", []) is None
+    assert out.append("large", "Question: What is 10% of 120?", []) == "eos"
+    assert out.text == "15% of 80 is 12.\n\n"
+    assert out.segments() == [("small", "15% of 80 is 12.\n\n")]
+    # Mid-line, the same words are the model's text, not the end of its turn.
+    out2 = SharedOutput(share_ids=False, end_texts={"large": ["\nQuestion:"]})
+    out2.append("small", "so", [])
+    assert out2.append("large", "Question: why?", []) is None
