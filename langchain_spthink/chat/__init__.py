@@ -7,6 +7,6 @@ handlers), :mod:`.messages` (messages to prompts) and :mod:`.reasoning` (the rea
 
 May import: ``langchain_core``, pydantic, the engine, the backends, :mod:`langchain_spthink.tools`,
 :mod:`langchain_spthink.errors` and :mod:`langchain_spthink.models`. Must not import:
-:mod:`langchain_spthink.cli`, :mod:`langchain_spthink.eval`, ``integrations`` (contracts in
-``pyproject.toml``, checked by ``lint-imports``). This file imports nothing.
+:mod:`langchain_spthink.cli`, :mod:`langchain_spthink.eval`, ``langchain_spthink_integrations``
+(contracts in ``pyproject.toml``, checked by ``lint-imports``). This file imports nothing.
 """

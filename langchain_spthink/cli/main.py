@@ -1,9 +1,10 @@
 """The ``spthink`` command line: ``spthink run "question"`` and ``spthink models list|prepare``.
 
 Every subcommand is a function ``(args, ctx) -> exit code`` registered in :data:`_COMMANDS`, so
-later ones (``eval``, ``bench``, ``serve``) plug in the same way. :func:`run_cli` is the testable
-entry point: it takes the argument list, the output streams and, optionally, a way to obtain
-backends without loading weights (e.g.
+later ones (``eval``, ``bench``) plug in the same way; other distributions add theirs (``serve``,
+from ``langchain-spthink-integrations``) through the ``spthink.commands`` entry-point group.
+:func:`run_cli` is the testable entry point: it takes the argument list, the output streams and,
+optionally, a way to obtain backends without loading weights (e.g.
 :class:`~langchain_spthink.backends.scripted.ScriptedBackend`).
 Errors are reported as one ``spthink: error: ...`` line on stderr with a nonzero exit code, never
 as a traceback (set ``SPTHINK_DEBUG=1`` to see one).
@@ -234,12 +235,75 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(handler=_cmd_models_prepare)
     models.set_defaults(handler=_cmd_models_list)
 
-    from integrations.openai_server.cli import add_serve_parser
     from langchain_spthink.eval.cli import add_eval_parsers
 
     add_eval_parsers(commands)
-    add_serve_parser(commands)
+    _add_plugin_parsers(commands)
     return parser
+
+
+# ---------------------------------------------------------------------------------- plugins
+COMMANDS_GROUP = "spthink.commands"
+"""Entry-point group of the subcommands other distributions add: each entry point is a function
+``(subparsers) -> parser`` that adds its subparser (and sets its ``handler``)."""
+
+# Subcommands another distribution provides, and how to install it: listed by `--help` even when
+# it is not installed, and then answered with this hint.
+_PLUGIN_HINTS = {
+    "serve": (
+        "langchain-spthink-integrations",
+        "from a checkout of the repository, pip install './integrations[server]'",
+    ),
+}
+
+
+def _add_plugin_parsers(commands: Any) -> None:
+    """Add the subcommands registered in the :data:`COMMANDS_GROUP` entry-point group.
+
+    Only the entry points' modules are imported (they must be light: no torch, FastAPI, ...).
+    A known subcommand that is not installed, or whose entry point fails to load, still gets a
+    parser, whose handler says what is wrong: it never breaks ``spthink --help``.
+    """
+    from importlib.metadata import entry_points
+
+    missing = {
+        name: (f"(not installed: {how})", f"spthink {name} needs {dist}: {how}")
+        for name, (dist, how) in _PLUGIN_HINTS.items()
+    }
+    for point in entry_points(group=COMMANDS_GROUP):
+        if point.name in commands.choices:  # a built-in, or a second install of the same one
+            continue
+        try:
+            point.load()(commands)
+        except Exception as exc:  # a broken plugin must not break the CLI
+            commands.choices.pop(point.name, None)  # if it got that far
+            commands._choices_actions[:] = [
+                action for action in commands._choices_actions if action.dest != point.name
+            ]
+            missing[point.name] = (
+                "(failed to load)",
+                f"spthink {point.name}: its entry point {point.value} failed to load: "
+                f"{type(exc).__name__}: {exc}",
+            )
+    for name, (help_text, message) in missing.items():
+        if name not in commands.choices:
+            _add_unavailable(commands, name, help_text, message)
+
+
+def _add_unavailable(commands: Any, name: str, help_text: str, message: str) -> None:
+    """A ``name`` subcommand that takes any arguments and only prints ``message`` (exit 2)."""
+
+    def handler(args: argparse.Namespace, ctx: _Context) -> int:
+        print(f"spthink: error: {message}", file=ctx.stderr)
+        return 2
+
+    def parse_known_args(
+        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        return argparse.Namespace(handler=handler), []  # even --help: say what is missing
+
+    stub = commands.add_parser(name, help=help_text, add_help=False)
+    stub.parse_known_args = parse_known_args
 
 
 # ---------------------------------------------------------------------------------- run

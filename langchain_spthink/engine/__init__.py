@@ -10,6 +10,6 @@ May import: the standard library, pydantic, torch (inside sampling functions onl
 :mod:`langchain_spthink.backends.base` (the protocol the engine drives backends through).
 Must not import: LangChain (``langchain_core``, ``langchain``, ``langgraph``),
 :mod:`langchain_spthink.chat`, :mod:`langchain_spthink.cli`, :mod:`langchain_spthink.eval`,
-``integrations`` (contracts in ``pyproject.toml``, checked by ``lint-imports``). This file
-imports nothing: ``import langchain_spthink.engine`` stays light.
+``langchain_spthink_integrations`` (contracts in ``pyproject.toml``, checked by
+``lint-imports``). This file imports nothing: ``import langchain_spthink.engine`` stays light.
 """

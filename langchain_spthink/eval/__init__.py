@@ -11,9 +11,10 @@ The command line is ``spthink eval`` and ``spthink report`` (:mod:`.cli`).
 May import: the engine, the backends, :mod:`langchain_spthink.chat.reasoning`, the cli's argument
 types (:mod:`langchain_spthink.cli.argtypes`), :mod:`langchain_spthink.errors`,
 :mod:`langchain_spthink.models`, math-verify, matplotlib and tqdm (the last two inside the
-functions that plot and show progress). Must not import: ``integrations``; and neither the chat
-layer nor the tools layer may import this one (contracts in ``pyproject.toml``, checked by
-``lint-imports``). Importing this package loads no torch, transformers or LangChain.
+functions that plot and show progress). Must not import: ``langchain_spthink_integrations``;
+and neither the chat layer nor the tools layer may import this one (contracts in
+``pyproject.toml``, checked by ``lint-imports``). Importing this package loads no torch,
+transformers or LangChain.
 """
 
 from langchain_spthink.eval.datasets import DATASETS, Problem, dataset_grader, load_dataset

@@ -7,6 +7,6 @@ calls parsed from the answer, whole and streaming), :mod:`.structured` (``bind_t
 May import: ``langchain_core``, llguidance, torch, numpy, the engine's leaf modules,
 :mod:`langchain_spthink.backends.base` and :mod:`langchain_spthink.errors`. Must not import:
 :mod:`langchain_spthink.chat`, :mod:`langchain_spthink.cli`, :mod:`langchain_spthink.eval`,
-``integrations`` (contracts in ``pyproject.toml``, checked by ``lint-imports``). This file
-imports nothing.
+``langchain_spthink_integrations`` (contracts in ``pyproject.toml``, checked by
+``lint-imports``). This file imports nothing.
 """

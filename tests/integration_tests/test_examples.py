@@ -47,7 +47,7 @@ def test_agent_calculator_example(capsys: pytest.CaptureFixture[str]) -> None:
     """The LangGraph agent loop on the embedded pair: structure, not the answer's correctness."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-    from integrations.math_tools import evaluate_arithmetic, format_number
+    from langchain_spthink_integrations.math_tools import evaluate_arithmetic, format_number
 
     agent = load("agent_calculator")
     result = agent.main(max_steps=2, max_tokens=40, preset="instruct")

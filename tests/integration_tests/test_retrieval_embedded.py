@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from langchain_core.retrievers import BaseRetriever
 
-from integrations.retrieval import (
+from langchain_spthink_integrations.retrieval import (
     MiniLMEmbeddings,
     build_math_retriever,
     load_corpus,

@@ -7,8 +7,8 @@ from typing import Any
 import openai
 import pytest
 
-from integrations.openai_server import create_app
 from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink_integrations.openai_server import create_app
 from tests.unit_tests.test_server import serving
 
 pytestmark = pytest.mark.embedded

@@ -4,8 +4,8 @@
   engine imports no LangChain and none of the chat, cli or eval layers; the backends do not
   import the engine's control loop nor the chat or cli layers; the chat layer imports neither the
   cli nor the eval layer, the tools layer none of chat, cli and eval; nothing in the package
-  imports ``integrations`` (one declared exception: the cli registers ``spthink serve`` from
-  ``integrations.openai_server``);
+  imports ``langchain_spthink_integrations`` (no exception: ``spthink serve`` comes in through
+  the ``spthink.commands`` entry point that distribution registers);
 * no module of the package imports another in a cycle, counting every import (also those under
   ``if TYPE_CHECKING:`` and inside functions), except the lazy root package's static-names block;
 * every layer's ``__init__`` says what the layer is and what it may import.

@@ -25,7 +25,13 @@ README = ROOT / "README.md"
 README_MAX_BYTES = 15_500
 
 # Modules the docs build must not import (static analysis only).
-NOT_IMPORTED = ("langchain_spthink", "integrations", "torch", "transformers", "llama_cpp")
+NOT_IMPORTED = (
+    "langchain_spthink",
+    "langchain_spthink_integrations",
+    "torch",
+    "transformers",
+    "llama_cpp",
+)
 
 # `python -m mkdocs ARGS` in a fresh interpreter that reports, on exit, which of NOT_IMPORTED it
 # loaded (atexit also runs when mkdocs exits through sys.exit).

@@ -9,9 +9,9 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-from integrations.retrieval import BM25Retriever, load_corpus
 from langchain_spthink import ChatSpeculativeThinking
 from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink_integrations.retrieval import BM25Retriever, load_corpus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -239,8 +239,8 @@ def test_threads_reach_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_server_logs_one_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
     from fastapi.testclient import TestClient
 
-    from integrations.openai_server import create_app
     from langchain_spthink.chat.model import ChatSpeculativeThinking
+    from langchain_spthink_integrations.openai_server import create_app
 
     model = ChatSpeculativeThinking(
         small_model=ScriptedBackend(SMALL, name="s"),

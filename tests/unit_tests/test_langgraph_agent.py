@@ -22,17 +22,17 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_stream_writer
 from langgraph.graph import START, MessagesState, StateGraph
 
-from integrations.langgraph import (
+from langchain_spthink import ChatSpeculativeThinking, DelegationEvent
+from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.errors import InvalidRequestError
+from langchain_spthink_integrations.langgraph import (
     GraphStreamItem,
     astream_with_delegations,
     create_spthink_agent,
     model_calls_this_turn,
     stream_with_delegations,
 )
-from integrations.math_tools import make_calculator_tool
-from langchain_spthink import ChatSpeculativeThinking, DelegationEvent
-from langchain_spthink.backends.scripted import ScriptedBackend
-from langchain_spthink.errors import InvalidRequestError
+from langchain_spthink_integrations.math_tools import make_calculator_tool
 
 
 def call(expression: str, id: str) -> dict[str, Any]:
@@ -416,8 +416,8 @@ def test_model_given_as_chat_model_arguments() -> None:
 
 
 def test_budget_events_stream_typed_through_a_graph() -> None:
-    from integrations.langgraph import stream_with_delegations
     from langchain_spthink import BudgetEvent
+    from langchain_spthink_integrations.langgraph import stream_with_delegations
 
     model = ChatSpeculativeThinking(
         small_model=ScriptedBackend(["A.\n\n", "B b b.\n\n", "C c.\n\n"], name="s"),

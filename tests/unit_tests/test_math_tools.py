@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrations.math_tools import (
+from langchain_spthink.errors import SpThinkError
+from langchain_spthink_integrations.math_tools import (
     EXPRESSION_MAX_CHARS,
     EXPRESSION_PATTERN,
     CalculatorError,
@@ -19,7 +20,6 @@ from integrations.math_tools import (
     format_number,
     make_calculator_tool,
 )
-from langchain_spthink.errors import SpThinkError
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_division_is_exact(a: int, b: int) -> None:
 
 
 def test_no_eval_anywhere() -> None:
-    import integrations.math_tools as module
+    import langchain_spthink_integrations.math_tools as module
 
     tree = ast.parse(open(module.__file__, encoding="utf-8").read())
     calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]

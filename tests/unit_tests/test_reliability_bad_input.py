@@ -34,7 +34,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 
-from integrations.openai_server import create_app
 from langchain_spthink import models
 from langchain_spthink.backends import loading
 from langchain_spthink.backends.scripted import ScriptedBackend
@@ -51,6 +50,7 @@ from langchain_spthink.errors import (
     ModelLoadError,
     SpThinkError,
 )
+from langchain_spthink_integrations.openai_server import create_app
 from tests.tiny_models import write_tiny_gguf
 from tests.unit_tests._reliability_fakes import ByteBackend, Recording
 from tests.unit_tests.test_server import serving

@@ -27,8 +27,6 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from integrations.openai_server import cli as serve_cli
-from integrations.openai_server import create_app
 from langchain_spthink import models
 from langchain_spthink.backends import loading
 from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
@@ -39,6 +37,8 @@ from langchain_spthink.chat.model import ChatSpeculativeThinking
 from langchain_spthink.cli.main import build_parser
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import ModelLoadError
+from langchain_spthink_integrations.openai_server import cli as serve_cli
+from langchain_spthink_integrations.openai_server import create_app
 
 SECRET = "sk-test-5f1c0ffee-DO-NOT-LOG"
 OTHER = "sk-wrong-9a8b7c6d-DO-NOT-LOG"

@@ -12,14 +12,14 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 
-from integrations.retrieval import (
+from langchain_spthink.errors import InvalidRequestError
+from langchain_spthink_integrations.retrieval import (
     BM25Retriever,
     HybridRetriever,
     bm25_tokenize,
     build_math_retriever,
     load_corpus,
 )
-from langchain_spthink.errors import InvalidRequestError
 
 CORPUS = Path(__file__).resolve().parents[2] / "examples" / "data" / "math_corpus.jsonl"
 

@@ -26,9 +26,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import ChatGenerationChunk
 
-from integrations.openai_server import create_app
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink_integrations.openai_server import create_app
 
 PLAIN = ["Hello there, friend.\n\n", "The sum is 4."]
 DELEG_SMALL = ["First step here.\n\n", "Wait, maybe not.\n\n", "So the answer is 4."]

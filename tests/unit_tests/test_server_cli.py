@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from integrations.openai_server import cli
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink_integrations.openai_server import cli
 
 
 class FakeContext:

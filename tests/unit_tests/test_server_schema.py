@@ -7,9 +7,9 @@ from datetime import timedelta
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from integrations.openai_server import create_app
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink_integrations.openai_server import create_app
 
 SCRIPT = ["Hello there, friend.\n\n", "Wait, the sum is 4.\n\n", "Done."]
 

@@ -52,7 +52,6 @@ from langchain_core.messages import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from integrations.openai_server import schemas
 from langchain_spthink.chat.callbacks import DELEGATION_EVENT, FALLBACK_EVENT
 from langchain_spthink.errors import (
     ConfigError,
@@ -61,6 +60,7 @@ from langchain_spthink.errors import (
     ModelLoadError,
     SpThinkError,
 )
+from langchain_spthink_integrations.openai_server import schemas
 
 __all__ = ["APIError", "ModelSource", "create_app"]
 
@@ -546,7 +546,8 @@ def create_app(
         max_concurrency: Requests generating at the same time.
 
     Returns:
-        The FastAPI app (serve it with uvicorn, e.g. :func:`~integrations.openai_server.serve`).
+        The FastAPI app (serve it with uvicorn, e.g.
+        :func:`~langchain_spthink_integrations.openai_server.serve`).
     """
     if max_concurrency < 1 or max_queue < 0 or max_body_bytes < 1 or max_tokens_limit < 1:
         raise ValueError(

@@ -130,8 +130,9 @@ def create_spthink_agent(
 
     Returns:
         The compiled graph: ``invoke({"messages": [("user", "...")]})`` returns the state with
-        every message; stream it with :func:`integrations.langgraph.stream_with_delegations` to
-        see the large model's steps as they happen.
+        every message; stream it with
+        :func:`langchain_spthink_integrations.langgraph.stream_with_delegations` to see the large
+        model's steps as they happen.
 
     Raises:
         InvalidRequestError: No tools, ``max_steps < 2``, an unknown ``tool_choice``, or a model

@@ -13,8 +13,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from integrations.openai_server.app import APIError, ModelSource, create_app
-    from integrations.openai_server.cli import add_serve_parser, cmd_serve, main, serve
+    from langchain_spthink_integrations.openai_server.app import APIError, ModelSource, create_app
+    from langchain_spthink_integrations.openai_server.cli import (
+        add_serve_parser,
+        cmd_serve,
+        main,
+        serve,
+    )
 
 __all__ = [
     "APIError",
@@ -39,6 +44,8 @@ _WHERE = {
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        module = importlib.import_module(f"integrations.openai_server.{_WHERE[name]}")
+        module = importlib.import_module(
+            f"langchain_spthink_integrations.openai_server.{_WHERE[name]}"
+        )
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,8 @@
 
 :func:`add_serve_parser` adds the ``serve`` subcommand to an argparse subparsers object (the
 ``spthink`` CLI registers it); :func:`cmd_serve` is its handler; :func:`main` runs it standalone
-(``python -m integrations.openai_server``). :func:`serve` runs an app with uvicorn.
+(``python -m langchain_spthink_integrations.openai_server``). :func:`serve` runs an app with
+uvicorn.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from langchain_spthink.engine.config import DEFAULT_PRESET
 from langchain_spthink.errors import ConfigError
 
 if TYPE_CHECKING:
-    from integrations.openai_server.app import ModelSource
+    from langchain_spthink_integrations.openai_server.app import ModelSource
 
 __all__ = ["DEFAULT_API_KEY_ENV", "add_serve_parser", "build_model", "cmd_serve", "main", "serve"]
 
@@ -71,13 +72,14 @@ def serve(
             prints a warning.
         port: TCP port.
         log_level: uvicorn's log level (the API key is never logged).
-        **app_kwargs: Passed to :func:`~integrations.openai_server.create_app` (``api_key``,
+        **app_kwargs: Passed to
+            :func:`~langchain_spthink_integrations.openai_server.create_app` (``api_key``,
             ``max_body_bytes``, ``max_tokens_limit``, ``max_queue``, ``max_concurrency``,
             ``model_id``).
     """
     import uvicorn
 
-    from integrations.openai_server.app import create_app
+    from langchain_spthink_integrations.openai_server.app import create_app
 
     if not _is_loopback(host) and not app_kwargs.get("api_key"):
         print(
@@ -268,7 +270,7 @@ def cmd_serve(args: argparse.Namespace, ctx: _BackendContext | None = None) -> i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``serve`` standalone: ``python -m integrations.openai_server [options]``.
+    """Run ``serve`` alone: ``python -m langchain_spthink_integrations.openai_server [options]``.
 
     Args:
         argv: Arguments without the program name (default ``sys.argv[1:]``).

@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-from integrations.langgraph.agent import (
+from langchain_spthink_integrations.langgraph.agent import (
     DEFAULT_MAX_STEPS,
     create_spthink_agent,
     model_calls_this_turn,
 )
-from integrations.langgraph.streaming import (
+from langchain_spthink_integrations.langgraph.streaming import (
     GraphStreamItem,
     astream_with_delegations,
     stream_with_delegations,
