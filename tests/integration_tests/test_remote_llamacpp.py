@@ -8,12 +8,6 @@ runtimes; decisions, completeness and fault handling are.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,73 +26,12 @@ from langchain_spthink import (
 )
 from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
 from langchain_spthink.backends.transformers import TransformersBackend
-from langchain_spthink.models import EMBEDDED_MODELS
+from tests.integration_tests.peers import ALIAS, LlamaServer, free_port
 
 pytestmark = pytest.mark.embedded
 
 GREEDY = SamplingParams(temperature=0.0)
 QUESTION = [{"role": "user", "content": "What is 12 times 7? Explain step by step."}]
-ALIAS = "smollm2-135m-instruct"
-STARTUP_TIMEOUT = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LlamaServer:
-    """``python -m llama_cpp.server`` on a free loopback port, stopped by :meth:`stop`."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        gguf = EMBEDDED_MODELS[ALIAS].gguf_path()
-        cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-            "--model_alias", "smol", "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_threads", "2", "--logits_all", "false", "--n_ctx", "2048",
-        ]  # fmt: skip
-        # A file, not a pipe: llama.cpp logs a lot while loading and would block on a full pipe.
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                err = self.log.read().decode(errors="replace")
-                raise RuntimeError(
-                    f"llama.cpp server exited ({self.proc.returncode}): {err[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        raise RuntimeError(f"llama.cpp server not ready after {STARTUP_TIMEOUT} s")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +118,7 @@ def test_server_killed_mid_request_falls_back(
 
 
 def test_nothing_listening_falls_back(small_backend: TransformersBackend, smol_tok: Any) -> None:
-    large = remote(f"http://127.0.0.1:{_free_port()}/v1", smol_tok, timeout=5.0)
+    large = remote(f"http://127.0.0.1:{free_port()}/v1", smol_tok, timeout=5.0)
     config = SpeculativeThinkingConfig(begin=True, not_reasoning=True, begin_tokens=8)
     ids = small_backend.chat_prompt_ids(QUESTION)
     events, fin = run(
