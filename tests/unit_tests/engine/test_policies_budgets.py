@@ -139,7 +139,7 @@ def test_custom_cue_words_for_another_language() -> None:
     assert delegation.small_label == -1  # labelled by the words that decided
     assert finish_of(custom).text == "A.\n\nGut p q.\n\nEnde.\n\n"
     # The same policy given explicitly, with the config's words, decides the same.
-    explicit = KeywordPolicy.from_config(SpeculativeThinkingConfig(**german))  # type: ignore[arg-type]
+    explicit = KeywordPolicy.from_config(SpeculativeThinkingConfig(**german))
     again = run(ScriptedBackend(small), ScriptedBackend(large), policy=explicit, **german)  # type: ignore[arg-type]
     assert again == custom
 
