@@ -3,7 +3,8 @@
 * :func:`to_chat_dicts` turns LangChain messages (system / human / ai with tool calls / tool) into
   the OpenAI-style dicts chat templates read; content the text-only models cannot take (images,
   audio, files) is refused with :class:`~langchain_spthink.errors.InvalidRequestError`.
-* :func:`render_prompt_ids` renders those dicts with one backend's chat template (or a template
+* :func:`render_prompt_ids` (defined in :mod:`langchain_spthink.chat.request`, which builds every
+  request from chat dicts) renders those dicts with one backend's chat template (or a template
   given by the user), so two models with different templates each get the prompt in their own.
 
 The split of the output into reasoning and answer lives in :mod:`langchain_spthink.chat.reasoning`
@@ -12,7 +13,6 @@ The split of the output into reasoning and answer lives in :mod:`langchain_spthi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,9 +26,13 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from langchain_spthink.backends.base import Backend
 from langchain_spthink.chat.reasoning import ReasoningSplitter, opens_reasoning
-from langchain_spthink.errors import ConfigError, InvalidRequestError, SpThinkError
+from langchain_spthink.chat.request import (
+    render_prompt_ids,
+    strict_alternation,
+    wants_continuation,
+)
+from langchain_spthink.errors import InvalidRequestError
 
 __all__ = [
     "ReasoningSplitter",
@@ -162,157 +166,3 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
             entry["name"] = message.name
         out.append(entry)
     return out
-
-
-def wants_continuation(messages: Sequence[dict[str, Any]]) -> bool:
-    """Whether the conversation ends in an assistant message whose text the model continues."""
-    last = messages[-1]
-    return (
-        last["role"] == "assistant" and bool(last["content"].strip()) and not last.get("tool_calls")
-    )
-
-
-def strict_alternation(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rewrite a conversation for templates that demand user/assistant alternation.
-
-    System messages are joined into one leading system message, tool results become user
-    messages, tool calls become assistant text, and consecutive messages of one role are merged.
-    Used only when a template refuses the conversation as it is (e.g. Gemma's).
-    """
-    system = [m["content"] for m in messages if m["role"] == "system" and m["content"]]
-    out: list[dict[str, Any]] = (
-        [{"role": "system", "content": "\n\n".join(system)}] if system else []
-    )
-    for m in messages:
-        role = m["role"]
-        if role == "system":
-            continue
-        text = m["content"]
-        if role == "tool":
-            role = "user"
-            name = m.get("name")
-            text = f"Tool result{f' ({name})' if name else ''}: {text}"
-        elif role == "assistant" and m.get("tool_calls"):
-            calls = "\n".join(
-                f"Tool call: {c['function']['name']}({json.dumps(c['function']['arguments'])})"
-                for c in m["tool_calls"]
-            )
-            text = f"{text}\n{calls}" if text else calls
-        elif role not in ("user", "assistant"):
-            role = "user"
-        if out and out[-1]["role"] == role and role != "system":
-            out[-1] = {"role": role, "content": f"{out[-1]['content']}\n\n{text}"}
-        else:
-            out.append({"role": role, "content": text})
-    return out
-
-
-def _no_template(backend: Backend, template_field: str) -> ConfigError:
-    return ConfigError(
-        f"model {getattr(backend, 'name', backend)!r} has no chat template; "
-        f"pass one with {template_field}=..."
-    )
-
-
-def _render_once(
-    backend: Backend,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    continue_final: bool,
-    chat_template: str | None,
-    template_field: str,
-) -> list[int]:
-    if chat_template is None:
-        render = getattr(backend, "chat_prompt_ids", None)
-        if not callable(render):  # a backend that cannot render chat needs a template
-            raise _no_template(backend, template_field)
-        ids = render(
-            list(messages),
-            tools=tools,
-            add_generation_prompt=not continue_final,
-            continue_final_message=continue_final,
-        )
-        return [int(i) for i in ids]
-    if not chat_template:
-        raise _no_template(backend, template_field)
-    return _render_template(backend, messages, tools, continue_final, chat_template)
-
-
-def _render_template(
-    backend: Backend,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    continue_final: bool,
-    template: str,
-) -> list[int]:
-    """Render with a user's template: the model's tokenizer when it has one, else plain Jinja."""
-    options: dict[str, Any] = {
-        "tools": list(tools) if tools else None,
-        "chat_template": template,
-        "add_generation_prompt": not continue_final,
-        "continue_final_message": continue_final,
-    }
-    tokenizer = getattr(backend, "tokenizer", None)
-    if tokenizer is not None and hasattr(tokenizer, "apply_chat_template"):
-        ids = tokenizer.apply_chat_template(
-            list(messages), **options, tokenize=True, return_dict=False
-        )
-        return [int(i) for i in ids]
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    result: Any = render_jinja_template(
-        conversations=[list(messages)], **options, bos_token="", eos_token=""
-    )
-    text = result[0][0] if isinstance(result, tuple) else result
-    return backend.encode(text if isinstance(text, str) else text[0])
-
-
-def render_prompt_ids(
-    backend: Backend,
-    messages: Sequence[dict[str, Any]],
-    *,
-    tools: Sequence[dict[str, Any]] | None = None,
-    continue_final: bool = False,
-    chat_template: str | None = None,
-    template_field: str = "chat_template",
-) -> list[int]:
-    """Render chat dicts into prompt ids with one backend's chat template.
-
-    The backend's own rendering (``chat_prompt_ids``) is used unless ``chat_template`` overrides
-    it (then the backend's tokenizer renders with that template, or plain Jinja without one).
-    When the template refuses the conversation (e.g. roles must alternate), it is rendered again
-    after :func:`strict_alternation`.
-
-    Args:
-        backend: The model's backend.
-        messages: Chat dicts from :func:`to_chat_dicts`.
-        tools: OpenAI-style tool schemas for the template.
-        continue_final: Continue the final assistant message instead of opening a new turn.
-        chat_template: A Jinja chat template to use instead of the model's own.
-        template_field: Name of the setting to mention when the model has no template.
-
-    Returns:
-        The prompt's token ids.
-
-    Raises:
-        ConfigError: The backend cannot render chat (no ``chat_prompt_ids``) and no template was
-            given, or the given template is empty.
-        InvalidRequestError: The template cannot render the conversation.
-    """
-    try:
-        return _render_once(backend, messages, tools, continue_final, chat_template, template_field)
-    except SpThinkError:
-        raise
-    except Exception as first:  # noqa: BLE001 - templates raise anything (jinja, ValueError, ...)
-        retry = strict_alternation(messages)
-        try:
-            return _render_once(
-                backend, retry, tools, continue_final, chat_template, template_field
-            )
-        except SpThinkError:
-            raise
-        except Exception:  # noqa: BLE001
-            name = getattr(backend, "name", backend)
-            raise InvalidRequestError(
-                f"the chat template of {name!r} cannot render this conversation: {first}"
-            ) from first

@@ -57,16 +57,18 @@ from langchain_spthink.chat.runs import (
     with_run_capture,
 )
 from langchain_spthink.chat.settings import (
-    CONFIG_KNOBS,
+    STANDARD_KNOBS,
     known_init_params,
     model_config,
+    policy_object,
     resolve_call,
     settings_error,
 )
 from langchain_spthink.chat.streaming import Item, ModelNames, reply_items
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.loop import Mode
-from langchain_spthink.engine.policies import DelegationPolicy
+from langchain_spthink.engine.policies import DelegationPolicy, resolve_policy
+from langchain_spthink.errors import InvalidRequestError
 from langchain_spthink.tools.parsing import generate_strict
 from langchain_spthink.tools.structured import ToolCallingMixin
 
@@ -108,7 +110,9 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     config: SpeculativeThinkingConfig | None = Field(
         default=None,
         description=(
-            "Speculative-thinking knobs. With a preset, the fields set here override the preset's."
+            "Every algorithm knob (cue words, budgets, policy, fallback, timeouts, ...): a "
+            "SpeculativeThinkingConfig, or a dict of knobs. With a preset, the knobs set here "
+            "override the preset's."
         ),
     )
     preset: Literal["reasoning", "instruct"] | None = Field(
@@ -121,13 +125,6 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     mode: Mode = Field(
         default="speculative",
         description="'speculative' (both models), or one model alone: 'small' or 'large'.",
-    )
-    fallback: Literal["small", "raise"] | None = Field(
-        default=None,
-        description=(
-            "When the large model fails or times out mid-request: continue with the small "
-            "model ('small', reported as an event) or raise LargeModelError. Default: config's."
-        ),
     )
     temperature: float | None = Field(
         default=None, ge=0.0, description="Sampling temperature; 0 is greedy. Default: config's."
@@ -149,42 +146,16 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         default=None,
         gt=0.0,
         description=(
-            "Wall-clock cap of a request in seconds; the partial answer is returned with "
-            "finish_reason 'timeout'."
+            "Wall-clock cap of a request in seconds (the config's time_out); the partial answer "
+            "is returned with finish_reason 'timeout'. Default: config's."
         ),
     )
-    large_step_timeout: float | None = Field(
-        default=None,
-        gt=0.0,
-        description="Wall-clock cap of one large-model step in seconds; over it: fallback.",
-    )
-    policy: Literal["keyword", "judge"] | DelegationPolicy | None = Field(
+    policy: SkipValidation[DelegationPolicy | None] = Field(
         default=None,
         description=(
-            "Delegation policy: 'keyword' (the paper's cue words), 'judge' (the large model "
-            "scores each small draft 0-9), or any DelegationPolicy object. Default: config's."
-        ),
-    )
-    judge_threshold: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=9.0,
-        description="Judge policy: delegate drafts scored below this (0-9). Default: config's.",
-    )
-    max_large_tokens: int | None = Field(
-        default=None,
-        ge=0,
-        description=(
-            "Cap on tokens the large model generates per request; once spent the request goes "
-            "on in small mode (a spthink_budget event says so)."
-        ),
-    )
-    max_reasoning_tokens: int | None = Field(
-        default=None,
-        ge=1,
-        description=(
-            "Thinking budget: output tokens before the answer; when reached the reasoning is "
-            "closed and the model answers."
+            "A custom DelegationPolicy object. The built-in policies ('keyword', 'judge') are "
+            "named in the config (config={'policy': 'judge'}); a KeywordPolicy must carry the "
+            "config's cue words. Default: the config's policy."
         ),
     )
     small_chat_template: str | None = Field(
@@ -228,14 +199,23 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     def _model_spec(cls, value: Any) -> Any:
         return check_model_spec(value)
 
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_object(cls, value: Any) -> Any:
+        try:
+            return policy_object(value)
+        except InvalidRequestError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _build_spthink_config(self) -> ChatSpeculativeThinking:
         """Build and validate the configuration once (errors surface at construction)."""
         from langchain_spthink import __version__
 
         self._add_version("langchain-spthink", __version__)
-        knobs = {name: getattr(self, name) for name in CONFIG_KNOBS}
-        self._base_config = model_config(self.preset, self.config, knobs)
+        standard = {name: getattr(self, name) for name in STANDARD_KNOBS}
+        self._base_config = model_config(self.preset, self.config, standard)
+        resolve_policy(self._base_config, self.policy)  # a KeywordPolicy must agree with it
         return self
 
     # ------------------------------------------------------------------ descriptors
@@ -300,58 +280,39 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         return params
 
     # ------------------------------------------------------ public entry points (capture)
+    # Each adds the run capture to the call (``stop`` and the other arguments pass through).
     def invoke(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AIMessage:
         """Generate a reply (see :class:`~langchain_core.language_models.BaseChatModel`)."""
         config, kwargs = with_run_capture(config, kwargs)
-        return super().invoke(input, config, stop=stop, **kwargs)
+        return super().invoke(input, config, **kwargs)
 
     async def ainvoke(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AIMessage:
         """Generate a reply asynchronously (generation runs in a worker thread)."""
         config, kwargs = with_run_capture(config, kwargs)
-        return await super().ainvoke(input, config, stop=stop, **kwargs)
+        return await super().ainvoke(input, config, **kwargs)
 
     def stream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[AIMessageChunk]:
         """Stream the reply as chunks; closing the iterator stops generation."""
         config, kwargs = with_run_capture(config, kwargs)
         try:
-            yield from super().stream(input, config, stop=stop, **kwargs)
+            yield from super().stream(input, config, **kwargs)
         finally:
             kwargs[RUN_KEY].close_runs()
 
     async def astream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[AIMessageChunk]:
         """Stream the reply asynchronously; cancelling stops generation and frees its caches."""
         config, kwargs = with_run_capture(config, kwargs)
         inner = cast(
             AsyncGenerator[AIMessageChunk, None],
-            super().astream(input, config, stop=stop, **kwargs),
+            super().astream(input, config, **kwargs),
         )
         try:
             async for chunk in inner:

@@ -1,9 +1,17 @@
 """Effective settings: the chat model's configuration, and a call's settings over it.
 
-* :func:`model_config` merges preset, ``config`` and the model's knob fields once, at construction.
-* :func:`resolve_call` validates call-time arguments and merges them over the model's fields, so a
-  bad one fails the call with :class:`~langchain_spthink.errors.InvalidRequestError` before any
-  model loads.
+Algorithm knobs live in one place, the
+:class:`~langchain_spthink.engine.config.SpeculativeThinkingConfig`: the chat model takes them as
+``config`` (a config, or a dict of knobs over the ``preset``) and a call as ``config_overrides``.
+LangChain's standard fields that are sampling or a time limit (``temperature``, ``top_p``,
+``top_k``, ``timeout``) are mapped onto the config here, in :data:`STANDARD_KNOBS`, and nowhere
+else.
+
+* :func:`model_config` merges preset, ``config`` and the model's standard fields once, at
+  construction.
+* :func:`resolve_call` validates call-time arguments and merges them over the model's settings, so
+  a bad one fails the call with :class:`~langchain_spthink.errors.InvalidRequestError` (or
+  :class:`~langchain_spthink.errors.ConfigError` for a bad knob) before any model loads.
 """
 
 from __future__ import annotations
@@ -17,12 +25,12 @@ from pydantic import ValidationError
 from langchain_spthink.chat.runs import RUN_KEY
 from langchain_spthink.engine.config import SpeculativeThinkingConfig, preset
 from langchain_spthink.engine.loop import Mode
-from langchain_spthink.engine.policies import DelegationPolicy
+from langchain_spthink.engine.policies import DelegationPolicy, resolve_policy
 from langchain_spthink.errors import ConfigError, InvalidRequestError
 from langchain_spthink.tools.structured import AnswerFormat, answer_format
 
 __all__ = [
-    "CONFIG_KNOBS",
+    "STANDARD_KNOBS",
     "CallSettings",
     "ModelDefaults",
     "known_init_params",
@@ -32,36 +40,22 @@ __all__ = [
 ]
 
 _MODES = ("speculative", "small", "large")
-# Chat-model field -> config field, for the knobs that live in the config.
-_CONFIG_FIELDS = (
-    ("temperature", "temperature"),
-    ("top_p", "top_p"),
-    ("top_k", "top_k"),
-    ("timeout", "time_out"),
-    ("large_step_timeout", "large_step_timeout"),
-    ("fallback", "fallback"),
-    ("judge_threshold", "judge_threshold"),
-    ("max_large_tokens", "max_large_tokens"),
-    ("max_reasoning_tokens", "max_reasoning_tokens"),
-)
-CONFIG_KNOBS = tuple(name for name, _ in _CONFIG_FIELDS)
-"""Chat-model fields (and call arguments) that set a field of the speculative-thinking config."""
+STANDARD_KNOBS: Mapping[str, str] = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "timeout": "time_out",
+}
+"""LangChain's standard fields (and call arguments) that set a config knob: field -> knob."""
 
 _CALL_KWARGS = frozenset(
     {
         "max_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
+        *STANDARD_KNOBS,
         "seed",
         "mode",
-        "timeout",
-        "large_step_timeout",
-        "fallback",
         "policy",
-        "judge_threshold",
-        "max_large_tokens",
-        "max_reasoning_tokens",
+        "config_overrides",
         "tools",
         "tool_choice",
         "parallel_tool_calls",
@@ -99,34 +93,47 @@ class CallSettings:
         return type(self.policy).__name__ if self.policy is not None else self.config.policy
 
 
-def _policy(
-    value: Any, config: SpeculativeThinkingConfig
-) -> tuple[SpeculativeThinkingConfig, DelegationPolicy | None]:
-    """Apply a ``policy`` setting: a built-in's name goes into the config, an object is kept."""
-    if value is None:
-        return config, None
+def policy_object(value: Any) -> DelegationPolicy | None:
+    """Check a ``policy`` setting: a :class:`DelegationPolicy` object, or ``None``.
+
+    Raises:
+        InvalidRequestError: Anything else; a built-in's name is a config knob (the error says
+            how to set it).
+    """
+    if value is None or isinstance(value, DelegationPolicy):
+        return value
     if isinstance(value, str):
-        return config.with_updates(policy=value), None
-    if isinstance(value, DelegationPolicy):
-        return config, value
-    raise InvalidRequestError(
-        f"policy must be 'keyword', 'judge' or a DelegationPolicy, got {type(value).__name__}"
-    )
+        raise InvalidRequestError(
+            f"policy takes a DelegationPolicy object; a built-in policy is a config knob: "
+            f"config={{'policy': {value!r}}} (per call: config_overrides={{'policy': {value!r}}})"
+        )
+    raise InvalidRequestError(f"policy must be a DelegationPolicy, got {type(value).__name__}")
 
 
-def _with_knobs(
+def _knob_hint(names: Iterable[str], where: str) -> str:
+    """A hint for unknown names that are config knobs: where those go now."""
+    knobs = sorted(n for n in names if n in SpeculativeThinkingConfig.model_fields)
+    if not knobs:
+        return ""
+    shown = ", ".join(f"{k!r}: ..." for k in knobs)
+    return f"; algorithm knobs are set in the config: {where}={{{shown}}}"
+
+
+def _with_standard(
     base: SpeculativeThinkingConfig, values: Mapping[str, Any]
 ) -> SpeculativeThinkingConfig:
-    """``base`` with the config knobs that ``values`` sets (not ``None``) applied.
+    """``base`` with the standard fields that ``values`` sets (not ``None``) applied.
 
     Args:
         base: The configuration to start from.
-        values: Chat-model field names (see :data:`CONFIG_KNOBS`) to values.
+        values: Standard field names (see :data:`STANDARD_KNOBS`) to values.
 
     Returns:
         ``base`` itself when nothing is set, else a validated copy.
     """
-    changes = {key: values[name] for name, key in _CONFIG_FIELDS if values.get(name) is not None}
+    changes = {
+        knob: values[name] for name, knob in STANDARD_KNOBS.items() if values.get(name) is not None
+    }
     return base.with_updates(**changes) if changes else base
 
 
@@ -147,7 +154,7 @@ def known_init_params(data: Any, fields: Iterable[str]) -> Any:
         known = set(fields) | _IGNORED_INIT
         unknown = sorted(k for k in data if k not in known)
         if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown}")
+            raise ValueError(f"unknown parameter(s) {unknown}{_knob_hint(unknown, 'config')}")
         data = {k: v for k, v in data.items() if k not in _IGNORED_INIT}
     return data
 
@@ -155,14 +162,15 @@ def known_init_params(data: Any, fields: Iterable[str]) -> Any:
 def model_config(
     preset_name: str | None,
     config: SpeculativeThinkingConfig | None,
-    knobs: Mapping[str, Any],
+    standard: Mapping[str, Any],
 ) -> SpeculativeThinkingConfig:
     """The configuration a chat model's calls start from.
 
     Args:
         preset_name: The paper preset, if any.
         config: The model's ``config``; with a preset, only the fields set in it apply over it.
-        knobs: The model's knob fields (see :data:`CONFIG_KNOBS`) to values; ``None`` unset.
+        standard: The model's standard fields (see :data:`STANDARD_KNOBS`) to values; ``None``
+            unset. They apply last.
 
     Returns:
         The validated configuration.
@@ -173,7 +181,18 @@ def model_config(
             base = config
         else:
             base = base.with_updates(**{k: getattr(config, k) for k in config.model_fields_set})
-    return _with_knobs(base, knobs)
+    return _with_standard(base, standard)
+
+
+def _with_overrides(base: SpeculativeThinkingConfig, overrides: Any) -> SpeculativeThinkingConfig:
+    """``base`` with a call's ``config_overrides`` (a mapping of knobs) applied."""
+    if overrides is None:
+        return base
+    if not isinstance(overrides, Mapping):
+        raise InvalidRequestError(
+            f"config_overrides must be a dict of config knobs, got {type(overrides).__name__}"
+        )
+    return base.with_updates(**overrides) if overrides else base
 
 
 class ModelDefaults(Protocol):
@@ -230,15 +249,17 @@ def resolve_call(
     if unknown:
         raise InvalidRequestError(
             f"unknown argument(s) {unknown}; accepted: {sorted(_CALL_KWARGS)}"
+            + _knob_hint(unknown, "config_overrides")
         )
     call_mode = kwargs.get("mode") or model.mode
     if call_mode not in _MODES:
         raise InvalidRequestError(f"mode must be one of {list(_MODES)}, got {call_mode!r}")
-    call_config = _with_knobs(model.effective_config, kwargs)
-    call_policy = kwargs.get("policy")
-    call_config, policy = _policy(
-        getattr(model, "policy", None) if call_policy is None else call_policy, call_config
+    call_config = _with_standard(
+        _with_overrides(model.effective_config, kwargs.get("config_overrides")), kwargs
     )
+    call_policy = kwargs.get("policy")
+    policy = policy_object(getattr(model, "policy", None) if call_policy is None else call_policy)
+    resolve_policy(call_config, policy)  # a keyword policy must read the config's cue words
     budget = kwargs.get("max_tokens")
     budget = model.max_tokens if budget is None else budget
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:

@@ -14,7 +14,7 @@ a forced tool call or a JSON response format decodes the answer under a grammar 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
@@ -25,8 +25,9 @@ from langchain_core.outputs import ChatGenerationChunk
 
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.chat.callbacks import BUDGET_EVENT, DELEGATION_EVENT, FALLBACK_EVENT
-from langchain_spthink.chat.messages import render_prompt_ids, to_chat_dicts, wants_continuation
-from langchain_spthink.chat.reasoning import Part, ReasoningSplitter, opens_reasoning
+from langchain_spthink.chat.messages import to_chat_dicts
+from langchain_spthink.chat.reasoning import Part, ReasoningSplitter
+from langchain_spthink.chat.request import REASONING_CLOSE, build_request, roles_of
 from langchain_spthink.chat.runs import CustomEvent
 from langchain_spthink.chat.settings import CallSettings
 from langchain_spthink.engine.events import (
@@ -37,7 +38,7 @@ from langchain_spthink.engine.events import (
     FinishEvent,
     TextEvent,
 )
-from langchain_spthink.engine.loop import Request, Role, SpeculativeEngine
+from langchain_spthink.engine.loop import Role
 from langchain_spthink.tools.constraints import grammar_factory
 from langchain_spthink.tools.parsing import AnswerParser
 from langchain_spthink.tools.schema import native_tools, prepare_messages
@@ -188,90 +189,49 @@ def reply_items(
     Yields:
         Chunks, the last one with usage and metadata, and the custom events in between.
     """
-    dicts = to_chat_dicts(messages)
-    continue_final = wants_continuation(dicts)
-    backends: dict[Role, Backend] = {}
-    if call.mode != "large":
-        backends["small"] = load("small")
-    if call.mode != "small":
-        backends["large"] = load("large")
-    prompts = {
-        role: _prompt_ids(backend, role, dicts, call, templates[role], continue_final)
-        for role, backend in backends.items()
-    }
-    if len(backends) == 1:
-        # One model: nothing is handed off. The large model alone keeps the output's ids and
-        # the small model alone re-encodes text, as both did before the engine took small=None.
-        handoff = "auto" if "small" in backends else "ids"
-    engine = SpeculativeEngine(
-        backends.get("small"),
-        backends.get("large"),
+    answer = call.answer
+    grammar = answer.grammar
+
+    def prepare(
+        dicts: Sequence[dict[str, Any]], backend: Backend, template: str | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """Tools through the model's template if it knows them, else in the system text."""
+        own = template if template is not None else getattr(backend, "chat_template", None)
+        return prepare_messages(
+            dicts, answer.tools, answer.choice, native=native_tools(own), extra_system=answer.system
+        )
+
+    prepared = build_request(
+        to_chat_dicts(messages),
+        {role: load(role) for role in roles_of(call.mode)},
         call.config,
-        handoff=handoff,
-        executor=draft_executor(),  # used only for remote large models (concurrent drafts)
-    )
-    primary: Role = "small" if "small" in backends else "large"
-    in_reasoning = opens_reasoning(backends[primary], prompts[primary]) or (
-        continue_final and _unclosed_think(dicts[-1]["content"])
-    )
-    grammar = call.answer.grammar
-    request = Request(
-        small_prompt=prompts.get("small", ()),
-        large_prompt=prompts.get("large", ()),
-        max_tokens=(
-            min(call.max_tokens, *(b.context_length for b in backends.values()))
-            if call.max_tokens_is_default
-            else call.max_tokens  # asked for explicitly: above a context window it is refused
-        ),
-        sampling=call.config.sampling(seed=call.seed),
-        stop=call.stop,
         mode=call.mode,
+        max_tokens=call.max_tokens,
+        seed=call.seed,
+        stop=call.stop,
+        fit_context=call.max_tokens_is_default,
+        templates=templates,
+        prepare=prepare,
         # The reasoning stays free; the answer after it is decoded under the grammar, steered by
         # the engine (GrammarConstraint.limit) to complete within the tokens left for it.
         constraint=grammar_factory(grammar) if grammar is not None else None,
-        answer_marker=REASONING_CLOSE if in_reasoning else None,
         policy=call.policy,
+        handoff=handoff,
+        executor=draft_executor(),  # used only for remote large models (concurrent drafts)
     )
-    splitter = ReasoningSplitter(in_reasoning=in_reasoning, close_tag=REASONING_CLOSE)
-    events = cast(Generator[Event, None, None], engine.generate(request))
+    splitter = ReasoningSplitter(in_reasoning=prepared.in_reasoning, close_tag=REASONING_CLOSE)
+    events = cast(Generator[Event, None, None], prepared.engine.generate(prepared.request))
     try:
         yield from _items_of_events(
             events,
             splitter=splitter,
-            emitter=_Emitter(len(prompts[primary])),
-            primary=backends[primary],
+            emitter=_Emitter(len(prepared.prompts[prepared.primary])),
+            primary=prepared.writer,
             call=call,
             names=names,
         )
     finally:
         events.close()
-
-
-REASONING_CLOSE = "</think>"
-
-
-def _prompt_ids(
-    backend: Backend,
-    role: Role,
-    dicts: list[dict[str, Any]],
-    call: CallSettings,
-    template: str | None,
-    continue_final: bool,
-) -> list[int]:
-    """One model's prompt: tools through its template if it knows them, else in the system text."""
-    answer = call.answer
-    own = template if template is not None else getattr(backend, "chat_template", None)
-    chat, template_tools = prepare_messages(
-        dicts, answer.tools, answer.choice, native=native_tools(own), extra_system=answer.system
-    )
-    return render_prompt_ids(
-        backend,
-        chat,
-        tools=template_tools,
-        continue_final=continue_final,
-        chat_template=template,
-        template_field=f"{role}_chat_template",
-    )
 
 
 def _items_of_events(
@@ -374,7 +334,3 @@ def _reasoning_tokens(
     except Exception:  # noqa: BLE001 - fall back to a proportional estimate
         counted = round(total * len(raw) / max(1, len(splitter.raw)))
     return max(0, min(total, counted))
-
-
-def _unclosed_think(text: str) -> bool:
-    return text.rfind("<think>") > text.rfind("</think>")

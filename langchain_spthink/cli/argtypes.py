@@ -10,6 +10,9 @@ from langchain_spthink.engine.config import DEFAULT_PRESET
 
 __all__ = [
     "add_model_arguments",
+    "add_knob_arguments",
+    "add_sampling_arguments",
+    "add_set_argument",
     "add_threads_argument",
     "add_policy_arguments",
     "key_value",
@@ -66,6 +69,38 @@ def add_model_arguments(
         f"{DEFAULT_PRESET}, chosen by measurement: see the docs)",
     )
     add_threads_argument(parser)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--temperature``, ``--top-p``, ``--top-k``: the sampling knobs (``run`` and ``eval``)."""
+    for flag, kind, meaning, default in (
+        ("--temperature", float, "sampling temperature, 0 = greedy", 0.6),
+        ("--top-p", float, "nucleus mass", 0.95),
+        ("--top-k", int, "top-k cut, 0 disables", 50),
+    ):
+        parser.add_argument(
+            flag, type=kind, help=f"{meaning} (default: the preset's; paper: {default})"
+        )
+
+
+def add_knob_arguments(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """Sampling, ``--set``, the delegation policy and the budgets (``run`` and ``eval``)."""
+    add_sampling_arguments(parser)
+    add_set_argument(parser, set_help)
+    add_policy_arguments(parser)
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE``: any config knob, repeatable (``run``, ``config`` and ``eval``)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help,
+    )
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

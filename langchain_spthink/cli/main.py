@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
 from langchain_spthink.backends.base import Backend
-from langchain_spthink.chat.reasoning import opens_reasoning
 from langchain_spthink.cli.argtypes import (
+    add_knob_arguments,
     add_model_arguments,
-    add_policy_arguments,
-    key_value,
+    add_set_argument,
     policy_overrides,
     positive_int,
 )
@@ -57,6 +56,7 @@ BackendSource = Mapping[str, Backend] | Callable[[str], Backend]
 # Used when models.py cannot be imported (it only fails in a broken install).
 _FALLBACK_SMALL = "smollm2-135m-instruct"
 _FALLBACK_LARGE = "gemma3-270m"
+_COLORS = ("auto", "always", "never")
 
 
 def _default_models() -> tuple[str, str]:
@@ -155,13 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("question", help="the user message ('-' reads it from stdin)")
     add_model_arguments(run, small_default, large_default, sorted(PRESETS))
     run.add_argument("--system", help="system message (default: none)")
-    run.add_argument(
-        "--temperature",
-        type=float,
-        help="sampling temperature, 0 = greedy (default: the preset's, 0.6)",
-    )
-    run.add_argument("--top-p", type=float, help="nucleus mass (default: the preset's, 0.95)")
-    run.add_argument("--top-k", type=int, help="top-k cut, 0 disables (default: the preset's, 50)")
     run.add_argument("--seed", type=int, help="random seed of the request (default: a fresh one)")
     run.add_argument(
         "--max-tokens", type=positive_int, default=512, help="output token budget (default 512)"
@@ -171,24 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="look-ahead / step length in tokens (default: the preset's, 20)",
     )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config field (VALUE parsed as JSON when it is JSON), e.g. --set begin=false; "
+    add_knob_arguments(
+        run,
+        "any config field (VALUE parsed as JSON when it is JSON), e.g. --set begin=false; "
         "repeatable; `spthink config` lists the fields (default: none)",
     )
-    add_policy_arguments(run)
     run.add_argument("--json", action="store_true", help="one JSON object per event per line")
-    run.add_argument(
-        "--color",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="colour the large model's steps (auto: when stdout is a terminal and NO_COLOR unset)",
-    )
+    color_help = "colour the large model's steps (auto: on a terminal with NO_COLOR unset)"
+    run.add_argument("--color", choices=_COLORS, default="auto", help=color_help)
     run.add_argument(
         "-v", "--verbose", action="store_true", help="describe each delegation on stderr"
     )
@@ -202,15 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--preset", choices=sorted(PRESETS), help="show a preset's values (default: the defaults)"
     )
-    config.add_argument(
-        "--set",
-        dest="overrides",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, as for run (default: none)",
-    )
+    add_set_argument(config, "override a field, as for run (default: none)")
     shape = config.add_mutually_exclusive_group()
     shape.add_argument(
         "--markdown", action="store_true", help="a Markdown table (as in docs/configuration.md)"
@@ -347,7 +322,7 @@ def _question(args: argparse.Namespace) -> str:
 
 
 def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
-    from langchain_spthink.engine.loop import Request, SpeculativeEngine
+    from langchain_spthink.chat.request import build_request, roles_of
 
     config = _config(args)
     question = _question(args)
@@ -356,27 +331,23 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
     if args.verbose or ctx.backends is None:  # scripted backends load nothing
         _loading_output(args.verbose)
     started = time.monotonic()
-    small = ctx.backend(args.small) if args.mode != "large" else None
-    large = ctx.backend(args.large) if args.mode != "small" else None
+    specs = {"small": args.small, "large": args.large}
+    backends = {role: ctx.backend(specs[role]) for role in roles_of(args.mode)}
     if not quiet and ctx.backends is None:
         ctx.note(f"spthink: models ready in {time.monotonic() - started:.1f} s")
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": question})
-    writer = small if small is not None else large
-    assert writer is not None  # one of the two is always loaded
-    small_prompt = writer.chat_prompt_ids(messages)
-    large_prompt = large.chat_prompt_ids(messages) if large is not None else small_prompt
-    request = Request(
-        small_prompt=small_prompt,
-        large_prompt=large_prompt,
-        max_tokens=args.max_tokens,
-        sampling=config.sampling(seed=args.seed),
+    prepared = build_request(
+        messages,
+        backends,
+        config,
         mode=args.mode,
-        answer_marker="</think>" if opens_reasoning(writer, small_prompt) else None,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
     )
-    engine = SpeculativeEngine(writer, large, config)
+    small, large = backends.get("small"), backends.get("large")
     renderer = (
         None if args.json else TextRenderer(ctx.stdout, color=use_color(args.color, ctx.stdout))
     )
@@ -387,7 +358,7 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
         mid_line = renderer is not None and not renderer.at_line_start
         ctx.note(("\n" if mid_line else "") + message)
 
-    for event in engine.generate(request):
+    for event in prepared.engine.generate(prepared.request):
         if isinstance(event, DelegationEvent):
             delegations.append(event)
             if args.verbose:

@@ -9,14 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import IO, Any
 
-from langchain_spthink.engine.events import (
-    BudgetEvent,
-    DelegationEvent,
-    Event,
-    FallbackEvent,
-    FinishEvent,
-    TextEvent,
-)
+from langchain_spthink.engine import events as ev
 
 __all__ = [
     "TextRenderer",
@@ -30,11 +23,11 @@ __all__ = [
 _ANSI = {"large": "\x1b[1;36m", "inserted": "\x1b[3;33m"}
 _RESET = "\x1b[0m"
 _EVENT_TYPES: dict[type, str] = {
-    TextEvent: "text",
-    DelegationEvent: "delegation",
-    FallbackEvent: "fallback",
-    BudgetEvent: "budget",
-    FinishEvent: "finish",
+    ev.TextEvent: "text",
+    ev.DelegationEvent: "delegation",
+    ev.FallbackEvent: "fallback",
+    ev.BudgetEvent: "budget",
+    ev.FinishEvent: "finish",
 }
 
 
@@ -53,7 +46,7 @@ class TextRenderer:
             if not text.startswith("\x1b"):
                 self.at_line_start = text.endswith("\n")
 
-    def write(self, event: TextEvent) -> None:
+    def write(self, event: ev.TextEvent) -> None:
         """Write one text event, switching the marking when the author changes."""
         if event.author != self.current:
             self._close()
@@ -79,13 +72,13 @@ class TextRenderer:
         self.out.flush()
 
 
-def delegation_kinds(delegations: Iterable[DelegationEvent]) -> Counter[str]:
+def delegation_kinds(delegations: Iterable[ev.DelegationEvent]) -> Counter[str]:
     """Delegations counted by kind."""
     return Counter(d.kind for d in delegations)
 
 
 def summary_line(
-    finish: FinishEvent,
+    finish: ev.FinishEvent,
     kinds: Mapping[str, int],
     *,
     small_name: str | None,
@@ -121,10 +114,10 @@ def summary_line(
     return "-- " + " | ".join(parts)
 
 
-def event_json(event: Event, kinds: Mapping[str, int]) -> str:
+def event_json(event: ev.Event, kinds: Mapping[str, int]) -> str:
     """One event as a JSON line (the finish event with totals and usage)."""
     data: dict[str, Any] = {"type": _EVENT_TYPES[type(event)], **asdict(event)}
-    if isinstance(event, FinishEvent):
+    if isinstance(event, ev.FinishEvent):
         prompt = event.small.prompt_tokens or event.large.prompt_tokens
         data["output_tokens"] = event.output_tokens
         data["large_share"] = event.large_share
@@ -147,7 +140,7 @@ def use_color(choice: str, stream: IO[str]) -> bool:
     return bool(isatty and isatty())
 
 
-def describe(event: DelegationEvent) -> str:
+def describe(event: ev.DelegationEvent) -> str:
     """A one-line description of a delegation (``spthink run -v``)."""
     kept = f"kept {event.kept}"
     labels = f"small {event.small_label}, large {event.large_label}"

@@ -5,7 +5,10 @@ draft (step 3 of ALGORITHM.md; with ``not_reasoning`` the engine delegates every
 no policy). Two built-ins:
 
 * :class:`KeywordPolicy` — the paper's classifier: delegate when the draft contains a cue word
-  (negative, verify or positive). No model cost. The default.
+  (negative, verify or positive). No model cost. The default. Its cue words are the config's
+  (``verify_words``, ``negative_words``, ``positive_words``, ``word_boundary``): the same lists
+  label the steps, count negatives for the recap and trigger verify steps, so deciding and
+  labelling always agree. :func:`resolve_policy` refuses a keyword policy with other words.
 * :class:`JudgePolicy` — after SpecReason (Pan et al., 2025): the large model scores the draft
   0-9 from its next-token distribution over the digits after a short judging prompt; delegate when
   the expected score is below a threshold. Costs one large-model prefill of the draft and the
@@ -38,6 +41,7 @@ __all__ = [
     "KeywordPolicy",
     "expected_score",
     "policy_from_config",
+    "resolve_policy",
 ]
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -125,6 +129,12 @@ class DelegationPolicy(Protocol):
 class KeywordPolicy:
     """The paper's cue classifier: delegate iff the draft contains a cue word.
 
+    The cue words are knobs of the config, which also labels steps, counts negatives and triggers
+    verify steps with them: build this policy with :meth:`from_config` (the engine does when
+    ``config.policy`` is ``"keyword"``). A keyword policy given to an engine, request or chat
+    model must carry its config's words (:func:`resolve_policy` raises otherwise): to use other
+    cue words, set them in the config. The defaults are the config's defaults.
+
     Attributes:
         negative_words: Backtracking cues ("wait", "alternatively", ...).
         verify_words: Checking cues ("let me check", ...).
@@ -137,6 +147,20 @@ class KeywordPolicy:
     verify_words: tuple[str, ...] = VERIFY_WORDS
     positive_words: tuple[str, ...] = POSITIVE_WORDS
     word_boundary: bool = False
+
+    @classmethod
+    def from_config(cls, config: SpeculativeThinkingConfig) -> KeywordPolicy:
+        """The keyword policy over ``config``'s cue words."""
+        return cls(
+            negative_words=config.negative_words,
+            verify_words=config.verify_words,
+            positive_words=config.positive_words,
+            word_boundary=config.word_boundary,
+        )
+
+    def _cues(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], bool]:
+        """The cue words and matching (negative, verify, positive, word boundary)."""
+        return self.negative_words, self.verify_words, self.positive_words, self.word_boundary
 
     @property
     def needs_judge(self) -> bool:
@@ -205,9 +229,41 @@ def policy_from_config(config: SpeculativeThinkingConfig) -> DelegationPolicy:
     """The built-in policy a configuration names (``policy`` and its knobs)."""
     if config.policy == "judge":
         return JudgePolicy(threshold=config.judge_threshold)
-    return KeywordPolicy(
-        negative_words=config.negative_words,
-        verify_words=config.verify_words,
-        positive_words=config.positive_words,
-        word_boundary=config.word_boundary,
-    )
+    return KeywordPolicy.from_config(config)
+
+
+def resolve_policy(
+    config: SpeculativeThinkingConfig, policy: DelegationPolicy | None = None
+) -> DelegationPolicy:
+    """The policy a request runs with: ``policy`` if given, else the one ``config`` names.
+
+    Args:
+        config: The request's configuration (its cue words label the steps).
+        policy: A policy given explicitly (to an engine, a request or a chat model).
+
+    Returns:
+        The policy.
+
+    Raises:
+        ConfigError: ``policy`` is a :class:`KeywordPolicy` whose cue words (or
+            ``word_boundary``) differ from ``config``'s: it would delegate on words the labels,
+            the negative count and the verify step do not see. Cue words are set in the config.
+    """
+    if policy is None:
+        return policy_from_config(config)
+    if isinstance(policy, KeywordPolicy):
+        own = KeywordPolicy.from_config(config)._cues()
+        if policy._cues() != own:
+            names = ("negative_words", "verify_words", "positive_words", "word_boundary")
+            diff = ", ".join(
+                f"{name}={mine!r} (config: {theirs!r})"
+                for name, mine, theirs in zip(names, policy._cues(), own, strict=True)
+                if mine != theirs
+            )
+            raise ConfigError(
+                f"the KeywordPolicy's cue words disagree with the config's: {diff}. Cue words "
+                "are config knobs (the same lists decide, label steps, count negatives and "
+                "trigger verify steps): set them in the config, e.g. "
+                "config={'negative_words': [...]}, and leave policy unset"
+            )
+    return policy

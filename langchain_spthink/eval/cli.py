@@ -19,9 +19,8 @@ from typing import IO, Any, Protocol
 
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.cli.argtypes import (
+    add_knob_arguments,
     add_model_arguments,
-    add_policy_arguments,
-    key_value,
     policy_overrides,
     positive_int,
 )
@@ -93,22 +92,8 @@ def add_eval_parsers(subparsers: Any) -> None:
         "--max-tokens", type=positive_int, default=1024, help="output budget per answer"
     )
     ev.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    ev.add_argument(
-        "--temperature", type=float, help="sampling temperature (default: the preset's; paper: 0.6)"
-    )
-    ev.add_argument("--top-p", type=float, help="nucleus mass (default: the preset's; paper: 0.95)")
-    ev.add_argument("--top-k", type=int, help="top-k cut (default: the preset's; paper: 50)")
+    add_knob_arguments(ev, "any config field (VALUE parsed as JSON when it is JSON; default: none)")
     ev.add_argument("--greedy", action="store_true", help="greedy decoding (temperature 0)")
-    ev.add_argument(
-        "--set",
-        dest="overrides",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config field (VALUE parsed as JSON when it is JSON; default: none)",
-    )
-    add_policy_arguments(ev)
     ev.add_argument(
         "--out",
         help="JSONL file of records, appended and resumed (default eval-DATASET-MODE.jsonl)",

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from langchain_spthink.backends.base import Backend
-from langchain_spthink.chat.reasoning import opens_reasoning
+from langchain_spthink.chat.request import build_request
 from langchain_spthink.engine.config import DEFAULT_PRESET, SpeculativeThinkingConfig, preset
 from langchain_spthink.engine.events import DelegationEvent, FallbackEvent, FinishEvent
-from langchain_spthink.engine.loop import Mode, Request, SpeculativeEngine
+from langchain_spthink.engine.loop import Mode, Role
 from langchain_spthink.errors import ConfigError
 from langchain_spthink.eval.datasets import GraderKind, Problem
 from langchain_spthink.eval.grading import grade
@@ -249,39 +249,27 @@ def _record(
     }
 
 
-def _prompts(
-    small: Backend | None, large: Backend | None, problem: Problem
-) -> tuple[list[int], list[int]]:
-    messages = [{"role": "user", "content": build_prompt(problem.problem)}]
-    small_ids = small.chat_prompt_ids(messages) if small is not None else []
-    large_ids = large.chat_prompt_ids(messages) if large is not None else []
-    return small_ids or large_ids, large_ids or small_ids
-
-
 def _answer(
-    engine: SpeculativeEngine,
-    small: Backend | None,
-    large: Backend | None,
+    backends: dict[Role, Backend],
     problem: Problem,
     sample: int,
     settings: EvalSettings,
     config: SpeculativeThinkingConfig,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    small_prompt, large_prompt = _prompts(small, large, problem)
     seed = sample_seed(settings.seed, problem.id, sample)
-    request = Request(
-        small_prompt=small_prompt,
-        large_prompt=large_prompt,
-        max_tokens=settings.max_tokens,
-        sampling=config.sampling(seed=seed),
+    prepared = build_request(
+        [{"role": "user", "content": build_prompt(problem.problem)}],
+        backends,
+        config,
         mode=settings.mode,
-        answer_marker="</think>" if opens_reasoning(small or large, small_prompt) else None,
+        max_tokens=settings.max_tokens,
+        seed=seed,
     )
     delegations: list[DelegationEvent] = []
     fallback: FallbackEvent | None = None
     finish: FinishEvent | None = None
-    for event in engine.generate(request):
+    for event in prepared.engine.generate(prepared.request):
         if isinstance(event, DelegationEvent):
             delegations.append(event)
         elif isinstance(event, FallbackEvent):
@@ -371,17 +359,17 @@ def run_eval(
             raise ConfigError(f"mode {settings.mode!r} needs a small model")
         if settings.mode != "small" and large_backend is None:
             raise ConfigError(f"mode {settings.mode!r} needs a large model")
-        writer = small_backend if small_backend is not None else large_backend
-        assert writer is not None
-        engine = SpeculativeEngine(writer, large_backend, config)
+        backends: dict[Role, Backend] = {}
+        if small_backend is not None:
+            backends["small"] = small_backend
+        if large_backend is not None:
+            backends["large"] = large_backend
         bar = _progress(len(pairs), resumed, settings, stream)
         correct = sum(bool(r.get("correct")) for r in kept.values())
         fh = path.open("a", encoding="utf-8") if path is not None else None
         try:
             for problem, sample in pending:
-                record = _answer(
-                    engine, small_backend, large_backend, problem, sample, settings, config
-                )
+                record = _answer(backends, problem, sample, settings, config)
                 if fh is not None:
                     fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                     fh.flush()

@@ -424,8 +424,7 @@ def test_budget_events_stream_typed_through_a_graph() -> None:
         large_model=ScriptedBackend(["X.\n\n", "Y y y.\n\n", "Z.\n\n"], name="L"),
         temperature=0,
         preset="instruct",
-        config={"begin": False, "draft_tokens": 3},
-        max_large_tokens=3,
+        config={"begin": False, "draft_tokens": 3, "max_large_tokens": 3},
     )
 
     def node(state: MessagesState) -> dict[str, Any]:

@@ -137,9 +137,14 @@ CALL_ROWS = [
         "step-timeout-negative",
         ConfigError,
         "large_step_timeout",
-        kwargs={"large_step_timeout": -1},
+        kwargs={"config_overrides": {"large_step_timeout": -1}},
     ),
-    Row("fallback-unknown", ConfigError, "fallback", kwargs={"fallback": "retry"}),
+    Row(
+        "fallback-unknown",
+        ConfigError,
+        "fallback",
+        kwargs={"config_overrides": {"fallback": "retry"}},
+    ),
     Row("mode-unknown", InvalidRequestError, "mode.*'huge'", kwargs={"mode": "huge"}),
     Row("seed-not-int", InvalidRequestError, "seed.*'x'", kwargs={"seed": "x"}),
     Row(

@@ -312,7 +312,7 @@ def test_slow_large_step_in_a_worker_times_out_and_its_fork_is_closed() -> None:
     large = StuckRemote(large_script, name="l")
     handler = _Handler()
     model = ChatSpeculativeThinking(
-        small_model=small, large_model=large, temperature=0, large_step_timeout=0.1
+        small_model=small, large_model=large, temperature=0, config={"large_step_timeout": 0.1}
     )
     started = time.monotonic()
     try:

@@ -24,7 +24,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_spthink.backends import loading
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.chat import model as chat_model
-from langchain_spthink.chat import streaming
+from langchain_spthink.chat import request as chat_request
 from langchain_spthink.chat.callbacks import (
     DELEGATION_EVENT,
     FALLBACK_EVENT,
@@ -251,7 +251,9 @@ def test_timeout_returns_partial_answer(monkeypatch: pytest.MonkeyPatch) -> None
         now[0] += 1.0
 
     monkeypatch.setattr(
-        streaming, "SpeculativeEngine", functools.partial(SpeculativeEngine, clock=lambda: now[0])
+        chat_request,
+        "SpeculativeEngine",
+        functools.partial(SpeculativeEngine, clock=lambda: now[0]),
     )
     small = ScriptedBackend(LONG, name="s", on_token=tick)
     result = make(small, mode="small", timeout=5.5).invoke("hi")
@@ -489,9 +491,10 @@ def test_fallback_raise_policy() -> None:
     small = ScriptedBackend(DELEG_SMALL, name="s")
     large = ScriptedBackend(DELEG_LARGE, name="l", fail_after=3)
     with pytest.raises(LargeModelError, match="injected"):
-        make(small, large, fallback="raise").invoke("hi")
+        make(small, large, config={"fallback": "raise"}).invoke("hi")
     with pytest.raises(LargeModelError):
-        list(make(small, ScriptedBackend(DELEG_LARGE, fail_after=0)).stream("hi", fallback="raise"))
+        failing = make(small, ScriptedBackend(DELEG_LARGE, fail_after=0))
+        list(failing.stream("hi", config_overrides={"fallback": "raise"}))
 
 
 async def test_fallback_async_stream() -> None:
@@ -854,7 +857,7 @@ async def test_async_errors_are_typed() -> None:
     small = ScriptedBackend(DELEG_SMALL, name="s")
     large = ScriptedBackend(DELEG_LARGE, name="l", fail_after=1)
     with pytest.raises(LargeModelError):
-        await make(small, large, fallback="raise").ainvoke("hi")
+        await make(small, large, config={"fallback": "raise"}).ainvoke("hi")
     with pytest.raises(InvalidRequestError, match="no messages"):
         async for _ in make(*pair()).astream([]):
             pass

@@ -23,8 +23,16 @@ from langchain_spthink import (
     TextEvent,
 )
 from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.engine.cues import classify
 from langchain_spthink.engine.events import Event
-from langchain_spthink.engine.policies import DIGITS, JUDGE_PROMPT, DelegationPolicy, expected_score
+from langchain_spthink.engine.policies import (
+    DIGITS,
+    JUDGE_PROMPT,
+    DelegationPolicy,
+    expected_score,
+    policy_from_config,
+    resolve_policy,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -120,13 +128,69 @@ def test_keyword_policy_decides_by_the_cue_rule(draft: str, delegate: bool, reas
 def test_custom_cue_words_for_another_language() -> None:
     small = ["A.\n\n", "Moment, x y.\n\n", "Ende.\n\n"]
     large = ["L.\n\n", "Gut p q.\n\n", "F.\n\n"]
-    german = KeywordPolicy(negative_words=("moment", "warte"), verify_words=(), positive_words=())
+    # Cue words are config knobs: the keyword policy decides with them and the engine labels
+    # steps with them (one list).
+    german = {"negative_words": ("moment", "warte"), "verify_words": (), "positive_words": ()}
     default = run(ScriptedBackend(small), ScriptedBackend(large))
-    custom = run(ScriptedBackend(small), ScriptedBackend(large), policy=german)
+    custom = run(ScriptedBackend(small), ScriptedBackend(large), **german)  # type: ignore[arg-type]
     assert of_type(default, DelegationEvent) == []
     (delegation,) = of_type(custom, DelegationEvent)
     assert delegation.small_draft == "Moment, x y." and delegation.reason == "cue: negative"
+    assert delegation.small_label == -1  # labelled by the words that decided
     assert finish_of(custom).text == "A.\n\nGut p q.\n\nEnde.\n\n"
+    # The same policy given explicitly, with the config's words, decides the same.
+    explicit = KeywordPolicy.from_config(SpeculativeThinkingConfig(**german))
+    again = run(ScriptedBackend(small), ScriptedBackend(large), policy=explicit, **german)  # type: ignore[arg-type]
+    assert again == custom
+
+
+WORDS = st.lists(
+    st.sampled_from(["wait", "moment", "yes", "ja", "check", "prüfe", "x"]), max_size=3
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    draft=st.lists(
+        st.sampled_from(["Wait", "moment", "yes", "JA", "check", "prüfe", "x", "eyes"]), max_size=5
+    ).map(" ".join),
+    negative=WORDS,
+    verify=WORDS,
+    positive=WORDS,
+    word_boundary=st.booleans(),
+)
+def test_deciding_and_labelling_read_one_list_of_cue_words(
+    draft: str, negative: list[str], verify: list[str], positive: list[str], word_boundary: bool
+) -> None:
+    config = SpeculativeThinkingConfig(
+        negative_words=tuple(negative),
+        verify_words=tuple(verify),
+        positive_words=tuple(positive),
+        word_boundary=word_boundary,
+    )
+    label = classify(
+        draft,
+        positive=config.positive_words,
+        negative=config.negative_words,
+        verify=config.verify_words,
+        word_boundary=config.word_boundary,
+    )  # how the engine labels a step (engine/state.py) and counts negatives (label < 0)
+    for policy in (policy_from_config(config), resolve_policy(config)):
+        decision = policy.decide(BoundaryState(draft, "", 0, 0, 0, 0), None)
+        assert decision.delegate == (label != 0)
+
+
+def test_an_explicit_keyword_policy_must_carry_the_configs_cue_words() -> None:
+    config = SpeculativeThinkingConfig(negative_words=("moment",), word_boundary=True)
+    same = KeywordPolicy.from_config(config)
+    assert resolve_policy(config, same) is same
+    assert resolve_policy(config) == same
+    judge = JudgePolicy()
+    assert resolve_policy(config, judge) is judge  # other policies are not about cue words
+    with pytest.raises(ConfigError, match=r"negative_words=\('wait',.*\(config: \('moment',\)\)"):
+        resolve_policy(config, KeywordPolicy(word_boundary=True))
+    with pytest.raises(ConfigError, match="word_boundary=False"):
+        resolve_policy(config, KeywordPolicy(negative_words=("moment",)))
 
 
 def test_word_boundary_option_ignores_cues_inside_words() -> None:
