@@ -2,8 +2,9 @@
 
 Modules: :mod:`.base` (the :class:`~langchain_spthink.backends.base.Backend` /
 :class:`~langchain_spthink.backends.base.Session` protocol), :mod:`.transformers`,
-:mod:`.llamacpp`, :mod:`.remote`, :mod:`.scripted` (scripted backends for tests and examples)
-and :mod:`.loading` (model specs to backends, the process-wide cache of loaded weights).
+:mod:`.llamacpp`, :mod:`.remote`, :mod:`.scripted` (scripted backends for tests and examples),
+:mod:`.loading` (model specs to backends, the process-wide cache of loaded weights) and
+:mod:`._common` (what the backends share: prompt checks, chat rendering, session bookkeeping).
 
 May import: the standard library, torch, transformers, llama.cpp, numpy,
 :mod:`langchain_spthink.errors`, :mod:`langchain_spthink.models`,

@@ -19,21 +19,26 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from langchain_spthink.backends._common import (
+    BackendBase,
+    ChatRequest,
+    LocalSession,
+    check_prompt,
+    require_chat_template,
+    resolve_stop_texts,
+)
 from langchain_spthink.backends.base import vocab_fingerprint
 from langchain_spthink.engine.handoff import common_prefix_length
-from langchain_spthink.engine.sampling import SamplingParams, request_generator, sample_constrained
-from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
+from langchain_spthink.engine.sampling import SamplingParams
+from langchain_spthink.errors import BackendError, ModelLoadError
 from langchain_spthink.threads import resolve_threads
-
-if TYPE_CHECKING:
-    from langchain_spthink.engine.sampling import TokenConstraint
 
 __all__ = ["LlamaCppBackend", "LlamaCppSession", "LLAMA_CPP_VERSION"]
 
@@ -52,7 +57,7 @@ def _import_llama() -> Any:
     return llama_cpp
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(BackendBase):
     """A GGUF model run in-process by llama.cpp.
 
     Args:
@@ -84,15 +89,13 @@ class LlamaCppBackend:
         eos_ids: frozenset[int] | None = None,
         stop_texts: Sequence[str] | None = None,
     ) -> None:
-        from langchain_spthink.models import template_stop_texts
-
         path = Path(model_path)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
         self._llama_cpp = _import_llama()
         self.model_path = path
         self._name = name or path.name
-        self._n_ctx = n_ctx
+        self._context_length = n_ctx
         self._threads = resolve_threads(n_threads)
         self._max_contexts = max_contexts
         self._wait_timeout = wait_timeout
@@ -106,9 +109,7 @@ class LlamaCppBackend:
         self._tok = first
         metadata: dict[str, str] = dict(first.metadata)
         self.chat_template = chat_template or metadata.get("tokenizer.chat_template")
-        self.stop_texts = tuple(
-            stop_texts if stop_texts is not None else template_stop_texts(self.chat_template)
-        )
+        self.stop_texts = resolve_stop_texts(stop_texts, self.chat_template)
         self._n_vocab = int(first.n_vocab())
         model = first._model
         self._bos_text = model.token_get_text(first.token_bos()) if first.token_bos() >= 0 else ""
@@ -136,7 +137,7 @@ class LlamaCppBackend:
         try:
             llama = self._llama_cpp.Llama(
                 model_path=str(self.model_path),
-                n_ctx=self._n_ctx,
+                n_ctx=self._context_length,
                 n_threads=self._threads,
                 n_threads_batch=self._threads,
                 logits_all=False,
@@ -158,21 +159,6 @@ class LlamaCppBackend:
         return frozenset(i for i in ids if i >= 0)
 
     # ------------------------------------------------------------ protocol
-    @property
-    def name(self) -> str:
-        """Model name."""
-        return self._name
-
-    @property
-    def eos_ids(self) -> frozenset[int]:
-        """Ids that end generation."""
-        return self._eos_ids
-
-    @property
-    def context_length(self) -> int:
-        """Context length of each llama.cpp context."""
-        return self._n_ctx
-
     @property
     def tokenizer_fingerprint(self) -> str:
         """Hash of the id -> token-string table.
@@ -222,27 +208,17 @@ class LlamaCppBackend:
             out.append(piece)
         return out
 
-    def chat_prompt_ids(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-    ) -> list[int]:
+    def _chat_prompt_ids(self, request: ChatRequest) -> list[int]:
         """Render messages with the chat template (Jinja, as transformers does) and tokenize."""
-        if not self.chat_template:
-            raise InvalidRequestError(
-                f"{self.name} has no chat template; pass chat_template=... for this model"
-            )
+        template = require_chat_template(self.chat_template, self.name)
         from transformers.utils.chat_template_utils import render_jinja_template
 
         rendered: Any = render_jinja_template(
-            conversations=[list(messages)],
-            tools=list(tools) if tools else None,
-            chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt and not continue_final_message,
-            continue_final_message=continue_final_message,
+            conversations=[list(request.messages)],
+            tools=request.tool_list,
+            chat_template=template,
+            add_generation_prompt=request.generation_prompt,
+            continue_final_message=request.continue_final_message,
             bos_token=self._bos_text,
             eos_token=self._eos_text,
         )
@@ -250,13 +226,7 @@ class LlamaCppBackend:
 
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> LlamaCppSession:
         """Open a session on a free context (waits while all ``max_contexts`` are busy)."""
-        if len(prompt_ids) == 0:
-            raise InvalidRequestError("the prompt is empty: a session needs at least one token")
-        if len(prompt_ids) >= self._n_ctx:
-            raise InvalidRequestError(
-                f"the prompt has {len(prompt_ids)} tokens but {self.name} accepts at most "
-                f"{self._n_ctx} (prompt + output)"
-            )
+        check_prompt(prompt_ids, self.name, self._context_length)
         return LlamaCppSession(self, self._acquire(prompt_ids), prompt_ids, sampling)
 
     def close(self) -> None:
@@ -292,7 +262,7 @@ class LlamaCppBackend:
             self._pool_lock.notify()
 
 
-class LlamaCppSession:
+class LlamaCppSession(LocalSession):
     """One request's sequence on one llama.cpp context."""
 
     def __init__(
@@ -302,25 +272,12 @@ class LlamaCppSession:
         prompt_ids: Sequence[int],
         sampling: SamplingParams,
     ) -> None:
+        super().__init__(prompt_ids, sampling)
         self._backend = backend
         self._llama: Any | None = llama
-        self._ids: list[int] = [int(i) for i in prompt_ids]
-        self._forwarded = 0
-        self.sampling = sampling
-        self._generator = request_generator(sampling)
         # Reuse what the context already holds from an earlier request.
         held = llama.input_ids[: llama.n_tokens].tolist()
         llama.n_tokens = common_prefix_length(held, self._ids)
-
-    @property
-    def ids(self) -> Sequence[int]:
-        """Prompt + output ids."""
-        return self._ids
-
-    @property
-    def forwarded(self) -> int:
-        """Token positions evaluated so far."""
-        return self._forwarded
 
     @property
     def cached(self) -> int:
@@ -332,15 +289,8 @@ class LlamaCppSession:
             raise BackendError("the session is closed")
         return self._llama
 
-    def extend(self, ids: Sequence[int]) -> None:
-        """Append ids; evaluated lazily."""
-        self._ids.extend(int(i) for i in ids)
-
-    def truncate(self, length: int) -> None:
-        """Keep the first ``length`` ids; crop the KV cache by lowering ``n_tokens``."""
-        if length < 0 or length > len(self._ids):
-            raise ValueError(f"cannot truncate a sequence of {len(self._ids)} ids to {length}")
-        del self._ids[length:]
+    def _crop(self, length: int) -> None:
+        """Crop the KV cache by lowering ``n_tokens``."""
         llama = self._context()
         if llama.n_tokens > length:
             llama.n_tokens = length
@@ -355,15 +305,6 @@ class LlamaCppSession:
         self._forwarded += len(pending)
         row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(self._backend._n_vocab,))
         return torch.from_numpy(row.copy())
-
-    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
-        """Sample up to ``max_new`` ids (masked by ``constraint`` if given)."""
-        for _ in range(max_new):
-            token = sample_constrained(
-                self.next_logits(), self.sampling, self._generator, constraint
-            )
-            self._ids.append(token)
-            yield token
 
     def close(self) -> None:
         """Give the context back to the pool (its tokens stay for prefix reuse)."""

@@ -27,7 +27,15 @@ from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from langchain_spthink.backends.base import vocab_fingerprint
+from langchain_spthink.backends._common import (
+    BackendBase,
+    ChatRequest,
+    SequenceSession,
+    check_prompt,
+    hf_vocab_fingerprint,
+    render_hf_chat,
+    resolve_stop_texts,
+)
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
 
@@ -127,12 +135,11 @@ class _Tokenizer:
         assert self.hf is not None
         with self._lock:
             if self._fingerprint is None:
-                ids = list(range(len(self.hf)))
-                self._fingerprint = vocab_fingerprint(self.hf.convert_ids_to_tokens(ids))
+                self._fingerprint = hf_vocab_fingerprint(self.hf)
             return self._fingerprint
 
 
-class RemoteBackend:
+class RemoteBackend(BackendBase):
     """A model served by an OpenAI-compatible ``/v1/completions`` endpoint.
 
     Args:
@@ -183,8 +190,6 @@ class RemoteBackend:
         extra_body: dict[str, Any] | None = None,
         stop_texts: Sequence[str] | None = None,
     ) -> None:
-        from langchain_spthink.models import template_stop_texts
-
         try:
             import openai
         except ImportError as exc:  # pragma: no cover - openai is a dependency
@@ -225,9 +230,7 @@ class RemoteBackend:
                 f"got {type(spec).__name__}"
             )
         self.chat_template: str | None = chat_template or template
-        self.stop_texts = tuple(
-            stop_texts if stop_texts is not None else template_stop_texts(self.chat_template)
-        )
+        self.stop_texts = resolve_stop_texts(stop_texts, self.chat_template)
         self._borrowed = borrowed
         self._eos_ids = eos_ids if eos_ids is not None else self._default_eos(extra_eos)
         if not self._eos_ids:
@@ -271,24 +274,9 @@ class RemoteBackend:
 
     # ------------------------------------------------------------ protocol
     @property
-    def name(self) -> str:
-        """Model name."""
-        return self._name
-
-    @property
-    def eos_ids(self) -> frozenset[int]:
-        """Ids that end generation."""
-        return self._eos_ids
-
-    @property
     def eos_id(self) -> int:
         """The id yielded when the server stops on its own."""
         return self._eos_id
-
-    @property
-    def context_length(self) -> int:
-        """Maximum sequence length."""
-        return self._context_length
 
     @property
     def tokenizer_fingerprint(self) -> str:
@@ -309,52 +297,23 @@ class RemoteBackend:
             ids = ids[1:]
         return self._tok.decode(ids, special=True)
 
-    def chat_prompt_ids(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-    ) -> list[int]:
-        """Render OpenAI-style messages with the chat template and tokenize them locally.
-
-        Raises:
-            InvalidRequestError: There is no chat template.
-        """
+    def _chat_prompt_ids(self, request: ChatRequest) -> list[int]:
+        """Render OpenAI-style messages with the chat template and tokenize them locally."""
         if self._tok.hf is None:
             assert self._borrowed is not None  # a Backend without a transformers tokenizer
             return list(
                 self._borrowed.chat_prompt_ids(
-                    messages,
-                    tools=tools,
-                    add_generation_prompt=add_generation_prompt,
-                    continue_final_message=continue_final_message,
+                    request.messages,
+                    tools=request.tools,
+                    add_generation_prompt=request.add_generation_prompt,
+                    continue_final_message=request.continue_final_message,
                 )
             )
-        if not self.chat_template:
-            raise InvalidRequestError(
-                f"{self.name} has no chat template; pass chat_template=... for this model"
-            )
-        text = self._tok.hf.apply_chat_template(
-            list(messages),
-            tools=list(tools) if tools else None,
-            chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt and not continue_final_message,
-            continue_final_message=continue_final_message,
-            tokenize=False,
-        )
-        return self.encode(str(text))
+        return self.encode(render_hf_chat(self._tok.hf, self.chat_template, self.name, request))
 
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> RemoteSession:
         """Open a request session (no network until the first :meth:`RemoteSession.stream`)."""
-        if len(prompt_ids) == 0:
-            raise InvalidRequestError("the prompt is empty: a session needs at least one token")
-        if len(prompt_ids) >= self._context_length:
-            raise InvalidRequestError(
-                f"the prompt has {len(prompt_ids)} tokens but {self.name} accepts at most "
-                f"{self._context_length} (prompt + output)"
-            )
+        check_prompt(prompt_ids, self.name, self._context_length)
         return RemoteSession(self, prompt_ids, sampling)
 
     def close(self) -> None:
@@ -365,7 +324,7 @@ class RemoteBackend:
         return f"RemoteBackend(base_url={self.base_url!r}, model={self.model!r})"
 
 
-class RemoteSession:
+class RemoteSession(SequenceSession):
     """One request on a :class:`RemoteBackend`: local ids, one HTTP request per :meth:`stream`.
 
     Attributes:
@@ -377,20 +336,14 @@ class RemoteSession:
     def __init__(
         self, backend: RemoteBackend, prompt_ids: Sequence[int], sampling: SamplingParams
     ) -> None:
+        super().__init__(prompt_ids)
         self._backend = backend
-        self._ids: list[int] = [int(i) for i in prompt_ids]
         self.sampling = sampling
-        self._forwarded = 0
         self._closed = False
         self.requests = 0
         self.server_prompt_tokens: int | None = None
         self.server_cached_tokens = 0
         self._local_prompt = 0
-
-    @property
-    def ids(self) -> Sequence[int]:
-        """Prompt + output ids (local tokenizer)."""
-        return self._ids
 
     @property
     def forwarded(self) -> int:
@@ -400,16 +353,6 @@ class RemoteSession:
         it reports usage, else the local count of the whole sequence per request.
         """
         return self._forwarded
-
-    def extend(self, ids: Sequence[int]) -> None:
-        """Append ids (bookkeeping only)."""
-        self._ids.extend(int(i) for i in ids)
-
-    def truncate(self, length: int) -> None:
-        """Keep the first ``length`` ids (bookkeeping only)."""
-        if length < 0 or length > len(self._ids):
-            raise ValueError(f"cannot truncate a sequence of {len(self._ids)} ids to {length}")
-        del self._ids[length:]
 
     def close(self) -> None:
         """Mark the session closed (the backend's connection pool stays open)."""
@@ -514,6 +457,14 @@ class RemoteSession:
             )
         return self._stream(max_new)
 
+    def _emit(self, tokens: Sequence[int], room: int) -> Generator[int, None, bool]:
+        """Append and yield the first ``room`` of ``tokens``; ``True`` when some did not fit."""
+        for token in tokens[:room]:
+            self._ids.append(token)
+            self._forwarded += 1
+            yield token
+        return len(tokens) > room
+
     def _stream(self, max_new: int) -> Iterator[int]:
         if self._closed:
             raise BackendError("the session is closed")
@@ -541,20 +492,15 @@ class RemoteSession:
                 if head != pending[:cut]:
                     continue  # retokenization disagrees at the seam: wait for more text
                 pending = pending[cut:]
-                for token in stable:
-                    if produced >= max_new:
-                        return
-                    self._ids.append(token)
-                    self._forwarded += 1
-                    produced += 1
-                    yield token
-            for token in backend.encode(pending) if pending else ():
-                if produced >= max_new:
+                full = yield from self._emit(stable, max_new - produced)
+                if full:
                     return
-                self._ids.append(token)
-                self._forwarded += 1
-                produced += 1
-                yield token
+                produced += len(stable)
+            rest = backend.encode(pending) if pending else []
+            full = yield from self._emit(rest, max_new - produced)
+            if full:
+                return
+            produced += len(rest)
             if reason == "stop" and produced < max_new:
                 self._ids.append(backend.eos_id)
                 yield backend.eos_id

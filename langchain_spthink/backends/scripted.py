@@ -24,10 +24,16 @@ import re
 import string
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from langchain_spthink.backends._common import (
+    BackendBase,
+    ChatRequest,
+    SequenceSession,
+    check_prompt_fits,
+)
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import BackendError, InvalidRequestError
 
@@ -69,7 +75,7 @@ class _Vocab:
 _VOCABS = {"word": _Vocab(), "char": _Vocab()}
 
 
-class ScriptedBackend:
+class ScriptedBackend(BackendBase):
     r"""A deterministic fake model that writes paragraphs from a script.
 
     Args:
@@ -82,6 +88,8 @@ class ScriptedBackend:
             injection); ``None`` never fails.
         on_token: Called after every sampled token (e.g. to advance a fake clock).
         stop_texts: Texts that end this model's turn (see the backend protocol).
+
+    EOS is id 0.
     """
 
     def __init__(
@@ -98,6 +106,7 @@ class ScriptedBackend:
         self.script = list(script)
         self.stop_texts = tuple(stop_texts)
         self._name = name
+        self._eos_ids = frozenset({0})
         self.tokenizer_kind = tokenizer
         self.vocab = _VOCABS[tokenizer]
         self._context_length = context_length
@@ -106,21 +115,6 @@ class ScriptedBackend:
         self.tokens_sampled = 0
         self.sessions: list[ScriptedSession] = []
         self.last_prompt = ""
-
-    @property
-    def name(self) -> str:
-        """Model name."""
-        return self._name
-
-    @property
-    def eos_ids(self) -> frozenset[int]:
-        """EOS is id 0."""
-        return frozenset({0})
-
-    @property
-    def context_length(self) -> int:
-        """Maximum sequence length."""
-        return self._context_length
 
     @property
     def tokenizer_fingerprint(self) -> str:
@@ -182,22 +176,14 @@ class ScriptedBackend:
 
         return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Wrapped()), eos_token=0)
 
-    def chat_prompt_ids(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-    ) -> list[int]:
+    def _chat_prompt_ids(self, request: ChatRequest) -> list[int]:
         """Render messages as ``role: content`` lines, then ``assistant:``."""
-        lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
-        if tools:
-            lines.insert(
-                0, "tools: " + ", ".join(str(t.get("function", t).get("name")) for t in tools)
-            )
+        lines = [f"{m['role']}: {m.get('content') or ''}" for m in request.messages]
+        if request.tools:
+            names = (str(t.get("function", t).get("name")) for t in request.tools)
+            lines.insert(0, "tools: " + ", ".join(names))
         text = "\n".join(lines)
-        if add_generation_prompt and not continue_final_message:
+        if request.generation_prompt:
             text += "\nassistant:"
         self.last_prompt = text
         return self.encode(text)
@@ -209,11 +195,7 @@ class ScriptedBackend:
         drafts make) keeps that session's prompt length, so the script sees the same output.
         """
         prompt_len = len(prompt_ids)
-        if prompt_len >= self._context_length:  # as every real backend refuses it
-            raise InvalidRequestError(
-                f"the prompt has {prompt_len} tokens but {self.name} accepts at most "
-                f"{self._context_length} (prompt + output)"
-            )
+        check_prompt_fits(prompt_len, self.name, self._context_length)  # as real backends do
         for other in self.sessions:
             if not other.closed and list(prompt_ids[: other.prompt_len]) == list(
                 other.ids[: other.prompt_len]
@@ -225,7 +207,7 @@ class ScriptedBackend:
         return session
 
 
-class ScriptedSession:
+class ScriptedSession(SequenceSession):
     """Session of a :class:`ScriptedBackend`; counts forwarded positions like a real cache."""
 
     def __init__(
@@ -233,30 +215,15 @@ class ScriptedSession:
     ) -> None:
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty: a session needs at least one token")
+        super().__init__(prompt_ids)
         self.backend = backend
         self.prompt_len = len(prompt_ids) if prompt_len is None else prompt_len
-        self._ids = list(prompt_ids)
         self._cached = 0
-        self._forwarded = 0
         self.closed = False
         self.truncations: list[int] = []
 
-    @property
-    def ids(self) -> Sequence[int]:
-        """Prompt + output ids."""
-        return self._ids
-
-    @property
-    def forwarded(self) -> int:
-        """Positions forwarded so far."""
-        return self._forwarded
-
-    def extend(self, ids: Sequence[int]) -> None:
-        """Append ids."""
-        self._ids.extend(ids)
-
     def truncate(self, length: int) -> None:
-        """Crop."""
+        """Crop (any ``length``, recorded in :attr:`truncations`)."""
         self.truncations.append(length)
         del self._ids[length:]
         self._cached = min(self._cached, length)

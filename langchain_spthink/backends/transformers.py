@@ -12,26 +12,32 @@ Invariants of :class:`TransformersSession` (see :mod:`langchain_spthink.backends
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache
 
-from langchain_spthink.backends.base import vocab_fingerprint
-from langchain_spthink.engine.sampling import SamplingParams, request_generator, sample_constrained
-from langchain_spthink.errors import BackendError, InvalidRequestError
+from langchain_spthink.backends._common import (
+    BackendBase,
+    ChatRequest,
+    LocalSession,
+    check_prompt,
+    hf_vocab_fingerprint,
+    render_hf_chat,
+    resolve_stop_texts,
+)
+from langchain_spthink.engine.sampling import SamplingParams
+from langchain_spthink.errors import BackendError
 from langchain_spthink.threads import resolve_threads, use_torch_threads
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from langchain_spthink.engine.sampling import TokenConstraint
-
 __all__ = ["TransformersBackend", "TransformersSession"]
 
 
-class TransformersBackend:
+class TransformersBackend(BackendBase):
     """A transformers causal LM and its tokenizer, shared by every request.
 
     Args:
@@ -62,16 +68,12 @@ class TransformersBackend:
         threads: int | None = None,
         stop_texts: Sequence[str] | None = None,
     ) -> None:
-        from langchain_spthink.models import template_stop_texts
-
         self.threads = resolve_threads(threads)
         self.model = model
         self.tokenizer = tokenizer
         self._name = name
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
-        self.stop_texts = tuple(
-            stop_texts if stop_texts is not None else template_stop_texts(self.chat_template)
-        )
+        self.stop_texts = resolve_stop_texts(stop_texts, self.chat_template)
         self._eos_ids = eos_ids if eos_ids is not None else _default_eos_ids(model, tokenizer)
         cfg = model.config.get_text_config(decoder=True)
         self._context_length = int(
@@ -104,21 +106,6 @@ class TransformersBackend:
         )
 
     @property
-    def name(self) -> str:
-        """Model name."""
-        return self._name
-
-    @property
-    def eos_ids(self) -> frozenset[int]:
-        """Ids that end generation."""
-        return self._eos_ids
-
-    @property
-    def context_length(self) -> int:
-        """Maximum sequence length."""
-        return self._context_length
-
-    @property
     def device(self) -> torch.device:
         """Device of the model's weights."""
         return next(self.model.parameters()).device
@@ -132,8 +119,7 @@ class TransformersBackend:
         """
         with self._fingerprint_lock:
             if self._fingerprint is None:
-                ids = list(range(len(self.tokenizer)))
-                self._fingerprint = vocab_fingerprint(self.tokenizer.convert_ids_to_tokens(ids))
+                self._fingerprint = hf_vocab_fingerprint(self.tokenizer)
             return self._fingerprint
 
     def encode(self, text: str) -> list[int]:
@@ -144,32 +130,9 @@ class TransformersBackend:
         """Detokenize, dropping special tokens."""
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def chat_prompt_ids(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-    ) -> list[int]:
-        """Render OpenAI-style messages with the model's chat template and tokenize them.
-
-        Raises:
-            InvalidRequestError: The model has no chat template.
-        """
-        if not self.chat_template:
-            raise InvalidRequestError(
-                f"{self.name} has no chat template; pass chat_template=... for this model"
-            )
-        text = self.tokenizer.apply_chat_template(
-            list(messages),
-            tools=list(tools) if tools else None,
-            chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt and not continue_final_message,
-            continue_final_message=continue_final_message,
-            tokenize=False,
-        )
-        return self.encode(str(text))
+    def _chat_prompt_ids(self, request: ChatRequest) -> list[int]:
+        """Render OpenAI-style messages with the model's chat template and tokenize them."""
+        return self.encode(render_hf_chat(self.tokenizer, self.chat_template, self.name, request))
 
     def new_session(
         self, prompt_ids: Sequence[int], sampling: SamplingParams
@@ -178,54 +141,25 @@ class TransformersBackend:
         return TransformersSession(self, prompt_ids, sampling)
 
 
-class TransformersSession:
+class TransformersSession(LocalSession):
     """One request's sequence and ``DynamicCache`` on a :class:`TransformersBackend`."""
 
     def __init__(
         self, backend: TransformersBackend, prompt_ids: Sequence[int], sampling: SamplingParams
     ) -> None:
-        if len(prompt_ids) == 0:
-            raise InvalidRequestError("the prompt is empty: a session needs at least one token")
-        if len(prompt_ids) >= backend.context_length:
-            raise InvalidRequestError(
-                f"the prompt has {len(prompt_ids)} tokens but {backend.name} accepts at most "
-                f"{backend.context_length} (prompt + output)"
-            )
+        check_prompt(prompt_ids, backend.name, backend.context_length)
+        super().__init__(prompt_ids, sampling, backend.device)
         self._backend = backend
-        self._ids: list[int] = [int(i) for i in prompt_ids]
         self._cache: DynamicCache | None = DynamicCache()
         self._cached = 0
-        self._forwarded = 0
-        self.sampling = sampling
-        self._generator = request_generator(sampling, backend.device)
-
-    @property
-    def ids(self) -> Sequence[int]:
-        """Prompt + output ids."""
-        return self._ids
-
-    @property
-    def forwarded(self) -> int:
-        """Token positions forwarded so far."""
-        return self._forwarded
 
     @property
     def cached(self) -> int:
         """Number of leading ids already in the KV cache."""
         return self._cached
 
-    def extend(self, ids: Sequence[int]) -> None:
-        """Append ids; forwarded lazily."""
-        self._ids.extend(int(i) for i in ids)
-
-    def truncate(self, length: int) -> None:
-        """Keep the first ``length`` ids and crop the cache to at most that."""
-        if length < 0 or length > len(self._ids):
-            raise ValueError(f"cannot truncate a sequence of {len(self._ids)} ids to {length}")
-        del self._ids[length:]
-        self._crop(length)
-
     def _crop(self, length: int) -> None:
+        """Crop the ``DynamicCache`` to at most ``length`` positions."""
         if self._cache is not None and self._cached > length:
             self._cache.crop(-(self._cached - length))
             self._cached = length
@@ -248,15 +182,6 @@ class TransformersSession:
         self._forwarded += len(pending)
         logits: torch.Tensor = out.logits[0, -1]
         return logits
-
-    def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
-        """Sample up to ``max_new`` ids, one forward per id (masked by ``constraint`` if given)."""
-        for _ in range(max_new):
-            token = sample_constrained(
-                self.next_logits(), self.sampling, self._generator, constraint
-            )
-            self._ids.append(token)
-            yield token
 
     def close(self) -> None:
         """Drop the cache."""

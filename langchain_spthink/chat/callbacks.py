@@ -16,7 +16,7 @@ parsing dicts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -42,11 +42,12 @@ FALLBACK_EVENT = "spthink_fallback"
 BUDGET_EVENT = "spthink_budget"
 """Name of the custom event carrying a :class:`~langchain_spthink.engine.events.BudgetEvent`."""
 
-_TYPES: dict[str, type[DelegationEvent] | type[FallbackEvent] | type[BudgetEvent]] = {
-    DELEGATION_EVENT: DelegationEvent,
-    FALLBACK_EVENT: FallbackEvent,
-    BUDGET_EVENT: BudgetEvent,
+_EVENTS: dict[str, tuple[type[DelegationEvent | FallbackEvent | BudgetEvent], str]] = {
+    DELEGATION_EVENT: (DelegationEvent, "on_delegation"),
+    FALLBACK_EVENT: (FallbackEvent, "on_fallback"),
+    BUDGET_EVENT: (BudgetEvent, "on_budget"),
 }
+"""Each ``spthink_*`` custom event's type and the typed hook both handlers route it to."""
 
 
 def event_from_custom(name: str, data: Any) -> DelegationEvent | FallbackEvent | BudgetEvent | None:
@@ -59,9 +60,10 @@ def event_from_custom(name: str, data: Any) -> DelegationEvent | FallbackEvent |
     Returns:
         The event, or ``None`` when ``name`` is not one of this library's events.
     """
-    cls = _TYPES.get(name)
-    if cls is None:
+    entry = _EVENTS.get(name)
+    if entry is None:
         return None
+    cls = entry[0]
     if isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
@@ -70,8 +72,19 @@ def event_from_custom(name: str, data: Any) -> DelegationEvent | FallbackEvent |
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _typed_hook(handler: object, name: str, data: Any) -> tuple[Callable[..., Any], Any] | None:
+    """The handler's hook for a custom event and the typed event, or ``None`` if not ours."""
+    event = event_from_custom(name, data)
+    if event is None:
+        return None
+    return getattr(handler, _EVENTS[name][1]), event
+
+
 class SpeculativeThinkingCallbackHandler(BaseCallbackHandler):
-    """Callback handler with typed hooks for delegation and fallback events.
+    """Callback handler with typed hooks for delegation, fallback and budget events.
+
+    Every hook gets the event as the engine produced it and the chat model call's ``run_id``,
+    ``tags`` and ``metadata``; ``**kwargs`` is reserved for future use.
 
     Example:
         .. code-block:: python
@@ -94,13 +107,10 @@ class SpeculativeThinkingCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Route ``spthink_*`` custom events to the typed hooks below."""
-        event = event_from_custom(name, data)
-        if isinstance(event, DelegationEvent):
-            self.on_delegation(event, run_id=run_id, tags=tags, metadata=metadata)
-        elif isinstance(event, FallbackEvent):
-            self.on_fallback(event, run_id=run_id, tags=tags, metadata=metadata)
-        elif isinstance(event, BudgetEvent):
-            self.on_budget(event, run_id=run_id, tags=tags, metadata=metadata)
+        routed = _typed_hook(self, name, data)
+        if routed is not None:
+            hook, event = routed
+            hook(event, run_id=run_id, tags=tags, metadata=metadata)
 
     def on_delegation(
         self,
@@ -111,15 +121,7 @@ class SpeculativeThinkingCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Called when the large model wrote a step.
-
-        Args:
-            event: The delegation, as the engine produced it.
-            run_id: Run id of the chat model call.
-            tags: The run's tags.
-            metadata: The run's metadata.
-            **kwargs: Reserved for future use.
-        """
+        """Called when the large model wrote a step."""
 
     def on_fallback(
         self,
@@ -130,15 +132,7 @@ class SpeculativeThinkingCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Called when a request left speculative mode because the large model failed.
-
-        Args:
-            event: The fallback, as the engine produced it.
-            run_id: Run id of the chat model call.
-            tags: The run's tags.
-            metadata: The run's metadata.
-            **kwargs: Reserved for future use.
-        """
+        """Called when a request left speculative mode because the large model failed."""
 
     def on_budget(
         self,
@@ -151,18 +145,13 @@ class SpeculativeThinkingCallbackHandler(BaseCallbackHandler):
     ) -> None:
         """Called once when a per-request budget ran out.
 
-        Args:
-            event: Which budget (``max_large_tokens`` / ``max_reasoning_tokens``), its limit,
-                what was spent and where.
-            run_id: Run id of the chat model call.
-            tags: The run's tags.
-            metadata: The run's metadata.
-            **kwargs: Reserved for future use.
+        The event says which budget (``max_large_tokens`` / ``max_reasoning_tokens``), its
+        limit, what was spent and where.
         """
 
 
 class AsyncSpeculativeThinkingCallbackHandler(AsyncCallbackHandler):
-    """Async variant of :class:`SpeculativeThinkingCallbackHandler`."""
+    """Async variant of :class:`SpeculativeThinkingCallbackHandler` (same hooks, awaited)."""
 
     async def on_custom_event(
         self,
@@ -175,13 +164,10 @@ class AsyncSpeculativeThinkingCallbackHandler(AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Route ``spthink_*`` custom events to the typed hooks below."""
-        event = event_from_custom(name, data)
-        if isinstance(event, DelegationEvent):
-            await self.on_delegation(event, run_id=run_id, tags=tags, metadata=metadata)
-        elif isinstance(event, FallbackEvent):
-            await self.on_fallback(event, run_id=run_id, tags=tags, metadata=metadata)
-        elif isinstance(event, BudgetEvent):
-            await self.on_budget(event, run_id=run_id, tags=tags, metadata=metadata)
+        routed = _typed_hook(self, name, data)
+        if routed is not None:
+            hook, event = routed
+            await hook(event, run_id=run_id, tags=tags, metadata=metadata)
 
     async def on_delegation(
         self,

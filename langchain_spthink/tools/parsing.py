@@ -97,14 +97,24 @@ def _one_call(obj: Any, raw: str, new_id: Callable[[], str]) -> Call:
     return tool_call(name=name, args=args, id=new_id())
 
 
+def _unfenced(text: str) -> str:
+    """``text`` stripped, without a Markdown code fence around it."""
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    return fenced.group(1) if fenced else body
+
+
+def _json_items(body: str) -> list[Any]:
+    """The JSON value of ``body`` as a list (a lone value is one item); raises JSONDecodeError."""
+    value = json.loads(body)
+    return value if isinstance(value, list) else [value]
+
+
 def _calls_of_block(inner: str, new_id: Callable[[], str]) -> list[Call]:
     """The calls inside one ``<tool_call>`` block (an object, or a list of objects)."""
-    text = inner.strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
+    text = _unfenced(inner)
     try:
-        value = json.loads(text)
+        items = _json_items(text)
     except json.JSONDecodeError as exc:
         found = _NAME.search(text)
         return [
@@ -115,7 +125,6 @@ def _calls_of_block(inner: str, new_id: Callable[[], str]) -> list[Call]:
                 error=f"the tool call is not valid JSON: {exc.msg} at character {exc.pos}",
             )
         ]
-    items = value if isinstance(value, list) else [value]
     if not items:
         return [invalid_tool_call(name=None, args=inner, id=new_id(), error="empty tool call")]
     return [_one_call(item, inner, new_id) for item in items]
@@ -125,15 +134,11 @@ def _plain_json_calls(
     text: str, names: Collection[str], new_id: Callable[[], str]
 ) -> list[Call] | None:
     """Tool calls when the whole answer is a tool-call JSON value naming bound tools, else None."""
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1)
+    body = _unfenced(text)
     try:
-        value = json.loads(body)
+        items = _json_items(body)
     except json.JSONDecodeError:
         return None
-    items = value if isinstance(value, list) else [value]
     if not items or not all(
         isinstance(i, dict)
         and i.get("name") in names
