@@ -37,3 +37,23 @@ def torch_threads(n: int, *backends: Any) -> Iterator[None]:
         torch.set_num_threads(before)
         for backend, threads in zip(backends, saved, strict=True):
             backend.threads = threads
+
+
+def until_stop(decode: Any, ids: list[int], stops: tuple[str, ...]) -> tuple[str, int]:
+    """What an engine that ends a model's turn at its stop texts keeps of a generation.
+
+    Args:
+        decode: The tokenizer's decode (ids -> text).
+        ids: The generated ids (EOS already removed).
+        stops: The model's stop texts (``backend.stop_texts``).
+
+    Returns:
+        The text before the first stop text, and how many ids were generated up to the one that
+        completed it (all of them when no stop text occurs).
+    """
+    for k in range(1, len(ids) + 1):
+        text = decode(ids[:k])
+        hits = [text.find(s) for s in stops if s in text]
+        if hits:
+            return text[: min(hits)], k
+    return decode(ids), len(ids)

@@ -72,6 +72,7 @@ class LlamaCppBackend(BackendBase):
             memory-mapped and shared). A session waits for a free context beyond that.
         wait_timeout: Seconds a new session waits for a free context before failing.
         eos_ids: Ids that end generation (default: the model's EOS and end-of-turn ids).
+        eos_tokens: Extra tokens (text) that end generation, e.g. an alias's end of turn.
         stop_texts: Texts that end this model's turn, like an EOS token (the output ends before
             them); default: the chat template's (``models.template_stop_texts``).
     """
@@ -87,6 +88,7 @@ class LlamaCppBackend(BackendBase):
         max_contexts: int = 2,
         wait_timeout: float = 600.0,
         eos_ids: frozenset[int] | None = None,
+        eos_tokens: Sequence[str] = (),
         stop_texts: Sequence[str] | None = None,
     ) -> None:
         path = Path(model_path)
@@ -114,7 +116,7 @@ class LlamaCppBackend(BackendBase):
         model = first._model
         self._bos_text = model.token_get_text(first.token_bos()) if first.token_bos() >= 0 else ""
         self._eos_text = model.token_get_text(first.token_eos()) if first.token_eos() >= 0 else ""
-        self._eos_ids = eos_ids if eos_ids is not None else self._default_eos(first)
+        self._eos_ids = eos_ids if eos_ids is not None else self._default_eos(first, eos_tokens)
         self._fingerprint: str | None = None
 
     @classmethod
@@ -125,6 +127,7 @@ class LlamaCppBackend(BackendBase):
         embedded = EMBEDDED_MODELS.get(spec)
         if embedded is not None:
             kwargs.setdefault("chat_template", embedded.chat_template)
+            kwargs.setdefault("eos_tokens", embedded.eos_tokens)
             kwargs.setdefault("name", spec)
             return cls(embedded.gguf_path(), **kwargs)
         if not spec.endswith(".gguf"):
@@ -148,11 +151,11 @@ class LlamaCppBackend(BackendBase):
         self._created += 1
         return llama
 
-    def _default_eos(self, llama: Any) -> frozenset[int]:
+    def _default_eos(self, llama: Any, extra: Sequence[str]) -> frozenset[int]:
         ids = {int(llama.token_eos())}
         template = self.chat_template or ""
-        for text in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"):
-            if text in template:
+        for text in (*extra, "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"):
+            if text in extra or text in template:
                 found = llama.tokenize(text.encode(), add_bos=False, special=True)
                 if len(found) == 1:
                     ids.add(int(found[0]))

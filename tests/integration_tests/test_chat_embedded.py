@@ -20,7 +20,7 @@ from langchain_spthink.chat.messages import render_prompt_ids, to_chat_dicts
 from langchain_spthink.chat.model import ChatSpeculativeThinking
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.events import DelegationEvent
-from tests.numerics import torch_threads
+from tests.numerics import torch_threads, until_stop
 
 pytestmark = pytest.mark.embedded
 
@@ -48,7 +48,8 @@ def hf_greedy(backend: TransformersBackend, prompt_ids: list[int], max_new: int)
         if token in backend.eos_ids:
             new = new[:i]
             break
-    return backend.decode(new), len(new)
+    # The engine ends a turn at the model's stop texts too (gemma: a new "Question:").
+    return until_stop(backend.decode, new, backend.stop_texts)
 
 
 class Recorder(SpeculativeThinkingCallbackHandler):

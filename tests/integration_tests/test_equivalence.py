@@ -35,7 +35,7 @@ from langchain_spthink import (
     SpeculativeThinkingConfig,
 )
 from langchain_spthink.backends.transformers import TransformersBackend, TransformersSession
-from tests.numerics import THREADS, torch_threads
+from tests.numerics import THREADS, torch_threads, until_stop
 from tests.reference import reference_run
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -58,7 +58,9 @@ def hf_greedy(backend: TransformersBackend, prompt: list[int], n: int) -> str:
         eos_token_id=sorted(backend.eos_ids),
         pad_token_id=sorted(backend.eos_ids)[0],
     )
-    return backend.decode(out[0, len(prompt) :].tolist())
+    new = [int(t) for t in out[0, len(prompt) :].tolist() if int(t) not in backend.eos_ids]
+    # The engine ends a turn at the model's stop texts too (gemma: a new "Question:").
+    return until_stop(backend.decode, new, backend.stop_texts)[0]
 
 
 @pytest.mark.parametrize("n_threads", THREADS)
