@@ -16,7 +16,16 @@ from typing import Literal
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.engine.concurrent import finish_large_step, start_large_step
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
-from langchain_spthink.engine.cues import contains_any
+from langchain_spthink.engine.decisions import (
+    BEGIN_SHARE,
+    begin_budget,
+    carry_text,
+    ids_covering,
+    keep_large,
+    label,
+    trigger_end,
+    wants_verify,
+)
 from langchain_spthink.engine.events import (
     BudgetEvent,
     DelegationEvent,
@@ -45,19 +54,6 @@ from langchain_spthink.engine.state import (
 from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
 
 __all__ = ["BEGIN_SHARE", "Mode", "Request", "Role", "SpeculativeEngine", "begin_budget"]
-
-BEGIN_SHARE = 2
-"""The large model's opening takes at most 1/BEGIN_SHARE of a request's ``max_tokens``."""
-
-
-def begin_budget(begin_tokens: int, max_tokens: int) -> int:
-    """Length of the large model's opening: ``begin_tokens``, capped at half of ``max_tokens``.
-
-    The paper's opening is 100 tokens whatever the budget; with a short budget (e.g. 20) that
-    would leave the small model nothing to write, so the opening never takes more than half.
-    0 (no opening) when ``max_tokens < 2``.
-    """
-    return min(begin_tokens, max_tokens // BEGIN_SHARE)
 
 
 class SpeculativeEngine:
@@ -233,13 +229,12 @@ class _Run(RunBase):
         self._check_budget(small)
         self._check_large_budget()
         start = len(self.out.text)
-        if self.negatives >= self.recap_after:
+        if self.recap.due(self.negatives):
             yield from self._insert(cfg.recap_prompt)
-            reason = f"{self.negatives} negative steps >= {self.recap_after}"
-            yield from self._large_live("recap", self.recap_budget, reason)
+            reason = f"{self.negatives} negative steps >= {self.recap.after}"
+            yield from self._large_live("recap", self.recap.budget, reason)
             self.negatives = 0
-            self.recap_budget = min(self.recap_budget + cfg.recap_tokens_step, cfg.recap_tokens_max)
-            self.recap_after = min(self.recap_after + cfg.recap_after_step, cfg.recap_after_max)
+            self.recap = self.recap.next(cfg)
             return False, self._carry(start)
         if cfg.think_word:
             yield from self._insert(cfg.think_word)
@@ -265,24 +260,19 @@ class _Run(RunBase):
                     self.discarded.append(pending)
                     self.discarded_steps += 1
                 return (yield from self._keep_neutral(draft, start))
-        s = self._classify(draft.text) if draft is not None else None
+        s = label(draft.text, cfg) if draft is not None else None
         if pending is not None:
             large = finish_large_step(self, pending)
             assert draft is not None
             self.saved += max(0.0, draft.seconds + large.seconds - (self.clock() - pending.started))
         else:
             large = yield from self._write(self.tracks["large"], cfg.draft_tokens, live=False)
-        l_label = self._classify(large.text)
-        keep_large = (
-            cfg.choose_large
-            or draft is None
-            # A policy delegated a draft without cue words (e.g. the judge): its call, not the
-            # cue labels', decides. (The keyword policy never delegates a neutral draft.)
-            or (s == 0 and not cfg.not_reasoning)
-            or (s is not None and ((s < 0 <= l_label) or (s > 0 > l_label)))
+        l_label = label(large.text, cfg)
+        large_kept = keep_large(
+            s, l_label, choose_large=cfg.choose_large, not_reasoning=cfg.not_reasoning
         )
-        kept_step = large if keep_large or draft is None else draft
-        kept_role: Role = "large" if keep_large else "small"
+        kept_step = large if large_kept or draft is None else draft
+        kept_role: Role = "large" if large_kept else "small"
         self.delegations += 1
         delegation = DelegationEvent(
             kind="reflection",
@@ -306,13 +296,11 @@ class _Run(RunBase):
         yield delegation
         if kept_step.eos:
             raise _Finished("eos")
-        if self._classify(kept_step.text) < 0:
+        if label(kept_step.text, cfg) < 0:
             self.negatives += 1
         if self.answer_switch:
             return False, ""
-        if cfg.verify_tokens and contains_any(
-            kept_step.text, cfg.verify_words, word_boundary=cfg.word_boundary
-        ):
+        if wants_verify(kept_step.text, cfg):
             yield from self._large_live("verify", cfg.verify_tokens, "verify word in the step")
         return False, self._carry(start)
 
@@ -320,9 +308,9 @@ class _Run(RunBase):
         """Keep a neutral draft; a trigger inside it is the next boundary, as it would have been."""
         small = self.tracks["small"]
         region = self._carry(start)  # the think word, if any
-        cut = self._trigger_end(region + draft.text)
+        cut = trigger_end(region + draft.text, self.cfg.triggers)
         if cut is not None:
-            n = next(i for i, end in enumerate(draft.ends) if end >= cut - len(region)) + 1
+            n = ids_covering(draft.ends, cut - len(region))
             small.session.truncate(draft.start + n)
             draft = draft.cut(n)
         draft = yield from self._commit(small, draft)
@@ -336,9 +324,7 @@ class _Run(RunBase):
         The small model's next write scans it with its own text, so a trigger split between a
         kept step and the small model's first token is a boundary too.
         """
-        text = self.out.text[start:]
-        ends = [text.rfind(t) + len(t) for t in self.cfg.triggers if t in text]
-        return text[max(ends) :] if ends else text
+        return carry_text(self.out.text[start:], self.cfg.triggers)
 
     def _large_live(self, kind: DelegationKind, budget: int, reason: str) -> Iterator[Event]:
         large = self.tracks["large"]
@@ -355,7 +341,7 @@ class _Run(RunBase):
                 large_text=text,
                 kept="large",
                 small_label=None,
-                large_label=self._classify(text),
+                large_label=label(text, self.cfg),
                 small_tokens=0,
                 large_tokens=large.usage.kept_tokens - kept_before,
                 seconds=self.clock() - started,

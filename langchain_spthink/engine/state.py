@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from langchain_spthink.backends.base import Backend, Session, close_stream
-from langchain_spthink.engine.cues import classify
+from langchain_spthink.engine.decisions import Recap, ids_covering, marker_end, trigger_end
 from langchain_spthink.engine.detok import IncrementalDetokenizer
 from langchain_spthink.engine.events import Author, Event, ModelUsage, StopReason
 from langchain_spthink.engine.handoff import resync
@@ -167,8 +167,7 @@ class RunBase:
         self.kept_tokens = 0
         self.delegations = 0
         self.negatives = 0
-        self.recap_budget = cfg.recap_tokens
-        self.recap_after = cfg.recap_after_negatives
+        self.recap = Recap.first(cfg)
         self.max_trigger = max(len(t) for t in cfg.triggers)
         # Phases: reasoning until the answer marker (or the thinking budget); `answer_switch`
         # asks the loop to hand the rest to one (possibly constrained) writer, `answering` is set
@@ -223,21 +222,6 @@ class RunBase:
         return report
 
     # ------------------------------------------------------------ primitives
-    def _classify(self, text: str) -> int:
-        cfg = self.cfg
-        return classify(
-            text,
-            positive=cfg.positive_words,
-            negative=cfg.negative_words,
-            verify=cfg.verify_words,
-            word_boundary=cfg.word_boundary,
-        )
-
-    def _trigger_end(self, text: str, start: int = 0) -> int | None:
-        ends = [text.find(t, start) for t in self.cfg.triggers]
-        found = [e + len(t) for e, t in zip(ends, self.cfg.triggers, strict=True) if e >= 0]
-        return min(found) if found else None
-
     def _sync(self, track: _Track) -> None:
         if track.synced == self.out.version:
             return
@@ -274,13 +258,10 @@ class RunBase:
         marker = self.request.answer_marker
         if not (self.in_reasoning and marker and self.request.constraint and step.ids):
             return step
-        text = self.out.text
-        tail = text[max(0, len(text) - len(marker) + 1) :] if len(marker) > 1 else ""
-        found = (tail + step.text).find(marker)
-        if found < 0:
+        end = marker_end(self.out.text, step.text, marker)
+        if end is None:
             return step
-        end = found + len(marker) - len(tail)
-        n = next((i for i, e in enumerate(step.ends) if e >= end), len(step.ids) - 1) + 1
+        n = ids_covering(step.ends, end, default=len(step.ids) - 1)
         track.session.truncate(step.start + n)
         return step.cut(n)
 
@@ -357,7 +338,7 @@ class RunBase:
                 if stop_at_trigger and delta:
                     scan_from = max(0, len(round_text) - self.max_trigger + 1)
                     round_text += delta
-                    if self._trigger_end(round_text, scan_from) is not None:
+                    if trigger_end(round_text, self.cfg.triggers, scan_from) is not None:
                         step.trigger = True
                         break
                 now = self.clock()
