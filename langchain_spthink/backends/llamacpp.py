@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -355,6 +356,11 @@ class LlamaCppSession:
         self._forwarded += len(pending)
         row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(self._backend._n_vocab,))
         return torch.from_numpy(row.copy())
+
+    def reseed(self, seed: int | None) -> None:
+        """Sample from now on with a generator seeded by ``seed`` (``None``: a fresh one)."""
+        self.sampling = replace(self.sampling, seed=seed)
+        self._generator = request_generator(self.sampling)
 
     def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
         """Sample up to ``max_new`` ids (masked by ``constraint`` if given)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -410,6 +411,10 @@ class RemoteSession:
         if length < 0 or length > len(self._ids):
             raise ValueError(f"cannot truncate a sequence of {len(self._ids)} ids to {length}")
         del self._ids[length:]
+
+    def reseed(self, seed: int | None) -> None:
+        """Send ``seed`` with the following completion requests (``None``: none)."""
+        self.sampling = replace(self.sampling, seed=seed)
 
     def close(self) -> None:
         """Mark the session closed (the backend's connection pool stays open)."""

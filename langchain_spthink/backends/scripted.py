@@ -24,6 +24,7 @@ import re
 import string
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -220,7 +221,7 @@ class ScriptedBackend:
             ):
                 prompt_len = other.prompt_len
                 break
-        session = ScriptedSession(self, prompt_ids, prompt_len)
+        session = ScriptedSession(self, prompt_ids, prompt_len, sampling)
         self.sessions.append(session)
         return session
 
@@ -229,7 +230,11 @@ class ScriptedSession:
     """Session of a :class:`ScriptedBackend`; counts forwarded positions like a real cache."""
 
     def __init__(
-        self, backend: ScriptedBackend, prompt_ids: Sequence[int], prompt_len: int | None = None
+        self,
+        backend: ScriptedBackend,
+        prompt_ids: Sequence[int],
+        prompt_len: int | None = None,
+        sampling: SamplingParams | None = None,
     ) -> None:
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty: a session needs at least one token")
@@ -240,6 +245,8 @@ class ScriptedSession:
         self._forwarded = 0
         self.closed = False
         self.truncations: list[int] = []
+        self.sampling = sampling or SamplingParams()
+        self.seeds: list[int | None] = [self.sampling.seed]  # the seed of each step, in order
 
     @property
     def ids(self) -> Sequence[int]:
@@ -282,6 +289,11 @@ class ScriptedSession:
             if backend.on_token is not None:
                 backend.on_token()
             yield token
+
+    def reseed(self, seed: int | None) -> None:
+        """Record the seed of the next step (a script writes the same tokens whatever the seed)."""
+        self.sampling = replace(self.sampling, seed=seed)
+        self.seeds.append(seed)
 
     def close(self) -> None:
         """Mark closed."""

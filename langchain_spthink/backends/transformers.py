@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -248,6 +249,11 @@ class TransformersSession:
         self._forwarded += len(pending)
         logits: torch.Tensor = out.logits[0, -1]
         return logits
+
+    def reseed(self, seed: int | None) -> None:
+        """Sample from now on with a generator seeded by ``seed`` (``None``: a fresh one)."""
+        self.sampling = replace(self.sampling, seed=seed)
+        self._generator = request_generator(self.sampling, self._backend.device)
 
     def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
         """Sample up to ``max_new`` ids, one forward per id (masked by ``constraint`` if given)."""

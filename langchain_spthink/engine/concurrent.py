@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 
 from langchain_spthink.backends.base import close_stream
 from langchain_spthink.engine.detok import IncrementalDetokenizer
@@ -43,10 +44,12 @@ def start_large_step(run: RunBase, max_new: int) -> _PendingStep | None:
     snapshot = list(track.session.ids)
     budget = run._room(track, max_new)
     stop, eos, clock = threading.Event(), track.backend.eos_ids, run.clock
+    seed = run._step_seed(track)  # a fork is a step of its own: never the session's seed again
+    sampling = track.sampling if seed is None else replace(track.sampling, seed=seed)
 
     def work() -> tuple[list[int], int, float]:
         started = clock()
-        fork = track.backend.new_session(snapshot, track.sampling)
+        fork = track.backend.new_session(snapshot, sampling)
         ids: list[int] = []
         stream = fork.stream(budget)
         try:

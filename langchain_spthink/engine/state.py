@@ -17,8 +17,14 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from langchain_spthink.backends.base import Backend, Session, close_stream
-from langchain_spthink.engine.decisions import Recap, ids_covering, marker_end, trigger_end
+from langchain_spthink.backends.base import Backend, Session, close_stream, reseed
+from langchain_spthink.engine.decisions import (
+    Recap,
+    ids_covering,
+    marker_end,
+    step_seed,
+    trigger_end,
+)
 from langchain_spthink.engine.detok import IncrementalDetokenizer
 from langchain_spthink.engine.events import Author, Event, ModelUsage, StopReason
 from langchain_spthink.engine.handoff import resync
@@ -43,7 +49,11 @@ class Request:
         small_prompt: The prompt in the small model's tokenizer and chat template.
         large_prompt: The prompt in the large model's tokenizer and chat template.
         max_tokens: Budget of generated output tokens (the prompt does not count).
-        sampling: Sampling of both models (the large model's seed is ``seed + 1``).
+        sampling: Sampling of both models; ``None``: the config's
+            (:meth:`~langchain_spthink.engine.config.SpeculativeThinkingConfig.sampling`,
+            unseeded). Each sampled step gets its own seed derived from ``sampling.seed``
+            (:func:`~langchain_spthink.engine.decisions.step_seed`: the first step of the small
+            model samples with ``seed``, of the large model with ``seed + 1``).
         stop: Stop strings; the output ends before the first one.
         mode: ``speculative``, or one model alone (``small`` / ``large``).
         constraint: Builds the constraint the answer is decoded under (for the model that
@@ -57,7 +67,7 @@ class Request:
     small_prompt: Sequence[int]
     large_prompt: Sequence[int]
     max_tokens: int = 512
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sampling: SamplingParams | None = None
     stop: tuple[str, ...] = ()
     mode: Mode = "speculative"
     constraint: ConstraintFactory | None = None
@@ -108,6 +118,7 @@ class _Track:
     usage: ModelUsage
     sampling: SamplingParams
     synced: int = 0  # version of the shared output the session's ids reflect
+    steps: int = 0  # sampled steps started (each takes the seed step_seed(seed, role, steps))
     forked_forwarded: int = 0  # positions forwarded by throw-away sessions (concurrent steps)
 
 
@@ -179,23 +190,19 @@ class RunBase:
         self.large_exhausted = False
         self.reasoning_exhausted = False
         self.tracks: dict[Role, _Track] = {}
-        seed = request.sampling.seed
+        self.sampling = cfg.sampling() if request.sampling is None else request.sampling
         try:
             if request.mode != "large" and engine.small is not None:
-                self.tracks["small"] = self._open("small", engine.small, request.small_prompt, seed)
+                self.tracks["small"] = self._open("small", engine.small, request.small_prompt)
             if request.mode != "small" and engine.large is not None:
-                large_seed = None if seed is None else seed + 1
-                self.tracks["large"] = self._open(
-                    "large", engine.large, request.large_prompt, large_seed
-                )
+                self.tracks["large"] = self._open("large", engine.large, request.large_prompt)
         except BaseException:
             self.close()
             raise
 
-    def _open(
-        self, role: Role, backend: Backend, prompt: Sequence[int], seed: int | None
-    ) -> _Track:
-        base = self.request.sampling
+    def _open(self, role: Role, backend: Backend, prompt: Sequence[int]) -> _Track:
+        base = self.sampling
+        seed = step_seed(base.seed, role, 0)
         sampling = SamplingParams(base.temperature, base.top_p, base.top_k, seed)
         session = backend.new_session(prompt, sampling)
         usage = ModelUsage(prompt_tokens=len(prompt))
@@ -222,6 +229,18 @@ class RunBase:
         return report
 
     # ------------------------------------------------------------ primitives
+    def _step_seed(self, track: _Track) -> int | None:
+        """Count a sampled step of ``track``; its seed, or ``None`` to keep the session's.
+
+        Step 0 samples with the seed the session opened with; greedy and unseeded requests
+        keep theirs (greedy draws nothing, unseeded ones draw fresh).
+        """
+        step = track.steps
+        track.steps += 1
+        if step == 0 or self.sampling.greedy:
+            return None
+        return step_seed(self.sampling.seed, track.role, step)
+
     def _sync(self, track: _Track) -> None:
         if track.synced == self.out.version:
             return
@@ -310,6 +329,9 @@ class RunBase:
             else None
         )
         round_text = carry
+        seed = self._step_seed(track)
+        if seed is not None:
+            reseed(session, seed)
         stream = (
             session.stream(budget)
             if constraint is None
