@@ -3,7 +3,13 @@
 The engine speaks token ids; backends own tokenizers and caches. One request is one
 :class:`_Run`: a shared output (text, plus ids when both models share a tokenizer), one session per
 model, and the counters of the algorithm (state and primitives, and :class:`Request`, in
-:mod:`langchain_spthink.engine.state`). Nothing here knows about LangChain or threads.
+:mod:`langchain_spthink.engine.state`). The loop reads top to bottom like ALGORITHM.md: the
+decisions are pure functions (:mod:`~langchain_spthink.engine.decisions`), concurrent drafts
+(:mod:`~langchain_spthink.engine.concurrent`) and the answer phase
+(:mod:`~langchain_spthink.engine.answer`) are modules it calls. Each step returns why it
+stopped; a :data:`~langchain_spthink.engine.state.Halt` (the request's end or a spent budget) is
+handed up as a value, and only a failure of the large model is an exception. Nothing here knows
+about LangChain or threads.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from concurrent.futures import Executor
 from typing import Literal
 
 from langchain_spthink.backends.base import Backend
+from langchain_spthink.engine.answer import close_reasoning, write_answer
 from langchain_spthink.engine.concurrent import finish_large_step, start_large_step
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.decisions import (
@@ -39,21 +46,23 @@ from langchain_spthink.engine.events import (
 from langchain_spthink.engine.judge import next_token_probabilities
 from langchain_spthink.engine.policies import BoundaryState, Decision, DelegationPolicy
 from langchain_spthink.engine.state import (
+    Halt,
     Mode,
     Request,
     Role,
     RunBase,
-    _CloseReasoning,
-    _Finished,
-    _LargeBudget,
     _LargeFault,
     _PendingStep,
     _Step,
     _Track,
+    ends_request,
 )
 from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
 
 __all__ = ["BEGIN_SHARE", "Mode", "Request", "Role", "SpeculativeEngine", "begin_budget"]
+
+Round = tuple[bool, str]
+"""Where the small model goes on after a boundary: (a boundary again right away, carried text)."""
 
 
 class SpeculativeEngine:
@@ -137,15 +146,8 @@ class _Run(RunBase):
     """The steps of ALGORITHM.md over one request's state."""
 
     def events(self) -> Iterator[Event]:
-        reason: StopReason
         try:
-            if self.mode == "speculative":
-                yield from self._speculative()
-            else:
-                yield from self._solo(self.tracks[self.mode])
-            reason = "eos"  # pragma: no cover - loops only leave by _Finished
-        except _Finished as fin:
-            reason = fin.reason
+            reason = yield from self._phases()
         except _LargeFault as fault:
             raise LargeModelError(f"the large model failed: {fault.cause}") from fault.cause
         yield from self.out.drain(final=True)
@@ -176,29 +178,41 @@ class _Run(RunBase):
             budgets=self.budgets(),
         )
 
-    def _solo(self, track: _Track) -> Iterator[Event]:
-        try:
-            while not self.answer_switch:
-                yield from self._write(track, self.request.max_tokens, live=True)
-        except _CloseReasoning:
-            yield from self._close_reasoning()
-        yield from self._answer()
+    def _phases(self) -> Generator[Event, None, StopReason]:
+        """The reasoning (speculative, or one model alone), then the answer; how it ended."""
+        halt: Halt | None
+        if self.mode == "speculative":
+            halt = yield from self._speculative()
+            writer = self.tracks["small"]  # the small model goes on alone after it
+        else:
+            halt, writer = None, self.tracks[self.mode]
+        if halt is None:
+            halt = yield from self._solo(writer)
+        if halt == "reasoning_budget":
+            halt = yield from close_reasoning(self)
+        if halt is None:
+            halt = yield from write_answer(self)
+        assert ends_request(halt), halt  # the budgets halt phases above, never the answer
+        return halt
 
-    def _speculative(self) -> Iterator[Event]:
-        cfg = self.cfg
+    def _solo(self, track: _Track) -> Generator[Event, None, Halt | None]:
+        """One model writes the reasoning until the answer marker (``None``) or a halt."""
+        while not self.answer_switch:
+            step = yield from self._write(track, self.request.max_tokens, live=True)
+            if step.halt is not None:
+                return step.halt
+        return None
+
+    def _speculative(self) -> Generator[Event, None, Halt | None]:
+        """Speculative reasoning, then ``None`` when the small model goes on alone.
+
+        It does after a large-model fault (the fallback), once ``max_large_tokens`` is spent, and
+        at the answer marker; a halt that ends the request or the thinking budget is returned.
+        """
         try:
-            opening = begin_budget(cfg.begin_tokens, self.request.max_tokens) if cfg.begin else 0
-            if opening and not self.answer_switch:
-                yield from self._large_live("begin", opening, "begin")
-            at_boundary, carry = False, self._carry(0)
-            while not self.answer_switch:
-                if not at_boundary:
-                    yield from self._write(self.tracks["small"], 1 << 30, live=True, carry=carry)
-                if self.answer_switch:
-                    break
-                at_boundary, carry = yield from self._boundary()
+            halt = yield from self._steps()
         except _LargeFault as fault:
-            if cfg.fallback == "raise" or "small" not in self.tracks:
+            if self.cfg.fallback == "raise" or "small" not in self.tracks:
                 raise
             self.mode = "small"
             cause = fault.cause
@@ -208,13 +222,35 @@ class _Run(RunBase):
                 new_mode="small",
                 position=len(self.out.text),
             )
-        except _LargeBudget:
+            return None
+        if halt == "large_budget":
             yield from self._large_spent()
-        except _CloseReasoning:
-            yield from self._close_reasoning()
-        yield from self._solo(self.tracks["small"])
+            return None
+        return halt
 
-    def _boundary(self) -> Generator[Event, None, tuple[bool, str]]:
+    def _steps(self) -> Generator[Event, None, Halt | None]:
+        """ALGORITHM.md steps 1-4: the opening, then small writes to a trigger, then step 3."""
+        if self.cfg.begin:  # 1. the large model writes the opening
+            opening = begin_budget(self.cfg.begin_tokens, self.request.max_tokens)
+            if opening and not self.answer_switch:
+                halt = yield from self._large_live("begin", opening, "begin")
+                if halt is not None:
+                    return halt
+        at_boundary, carry = False, self._carry(0)
+        while not self.answer_switch:  # 4. repeat until a halt or the answer marker
+            if not at_boundary:  # 2. the small model writes until a trigger
+                step = yield from self._write(self.tracks["small"], 1 << 30, live=True, carry=carry)
+                if step.halt is not None:
+                    return step.halt
+            if self.answer_switch:
+                break
+            nxt = yield from self._boundary()  # 3. at a trigger
+            if isinstance(nxt, str):
+                return nxt
+            at_boundary, carry = nxt
+        return None
+
+    def _boundary(self) -> Generator[Event, None, Round | Halt]:
         """Step 3 at a trigger, timed (boundary latency). See :meth:`_boundary_step`."""
         started = self.clock()
         try:
@@ -223,56 +259,60 @@ class _Run(RunBase):
             self.boundaries += 1
             self.boundary_seconds += self.clock() - started
 
-    def _boundary_step(self) -> Generator[Event, None, tuple[bool, str]]:
-        """Step 3 at a trigger. Returns (boundary again right away, carried-over small text)."""
+    def _boundary_step(self) -> Generator[Event, None, Round | Halt]:
+        """Step 3 at a trigger: a recap, or a look-ahead draft and maybe the large step."""
         cfg, small = self.cfg, self.tracks["small"]
-        self._check_budget(small)
-        self._check_large_budget()
+        halt = self._budget_stop(small) or self._large_budget_stop()
+        if halt is not None:
+            return halt
         start = len(self.out.text)
         if self.recap.due(self.negatives):
-            yield from self._insert(cfg.recap_prompt)
-            reason = f"{self.negatives} negative steps >= {self.recap.after}"
-            yield from self._large_live("recap", self.recap.budget, reason)
-            self.negatives = 0
-            self.recap = self.recap.next(cfg)
-            return False, self._carry(start)
+            return (yield from self._recap(start))
         if cfg.think_word:
-            yield from self._insert(cfg.think_word)
+            ended = yield from self._insert(cfg.think_word)
+            if ended is not None:
+                return ended
         position = len(self.out.text)
         draft: _Step | None = None
         decision = Decision(True, "not_reasoning: every step")
         # With not_reasoning + choose_large the small draft cannot change the outcome: skip it.
         pending: _PendingStep | None = None
         if not (cfg.not_reasoning and cfg.choose_large):
-            pending = start_large_step(self, cfg.draft_tokens)
+            started = start_large_step(self, cfg.draft_tokens)
+            if isinstance(started, str):
+                return started
+            pending = started
             try:
                 draft = yield from self._write(small, cfg.draft_tokens, live=False)
-                if not cfg.not_reasoning:
+                if draft.halt is None and not cfg.not_reasoning:
                     decision = self._decide(draft)
             except BaseException:
-                if pending is not None:
-                    pending.discard()
-                    self.discarded.append(pending)
+                self._drop(pending)
                 raise
+            if draft.halt is not None:
+                self._drop(pending)
+                return draft.halt
             if not decision.delegate:
                 if pending is not None:
-                    pending.discard()
-                    self.discarded.append(pending)
+                    self._drop(pending)
                     self.discarded_steps += 1
                 return (yield from self._keep_neutral(draft, start))
         s = label(draft.text, cfg) if draft is not None else None
         if pending is not None:
             large = finish_large_step(self, pending)
             assert draft is not None
-            self.saved += max(0.0, draft.seconds + large.seconds - (self.clock() - pending.started))
+            if large.halt is None:
+                elapsed = self.clock() - pending.started
+                self.saved += max(0.0, draft.seconds + large.seconds - elapsed)
         else:
             large = yield from self._write(self.tracks["large"], cfg.draft_tokens, live=False)
+        if large.halt is not None:
+            return large.halt
         l_label = label(large.text, cfg)
         large_kept = keep_large(
             s, l_label, choose_large=cfg.choose_large, not_reasoning=cfg.not_reasoning
         )
-        kept_step = large if large_kept or draft is None else draft
-        kept_role: Role = "large" if large_kept else "small"
+        kept_role: Role = "large" if large_kept or draft is None else "small"
         self.delegations += 1
         delegation = DelegationEvent(
             kind="reflection",
@@ -288,23 +328,37 @@ class _Run(RunBase):
             reason=decision.reason,
             score=decision.score,
         )
-        try:
-            kept_step = yield from self._commit(self.tracks[kept_role], kept_step)
-        except _Finished:
-            yield delegation
-            raise
+        kept = large if kept_role == "large" or draft is None else draft
+        kept = yield from self._commit(self.tracks[kept_role], kept)
         yield delegation
-        if kept_step.eos:
-            raise _Finished("eos")
-        if label(kept_step.text, cfg) < 0:
+        if kept.halt is not None:
+            return kept.halt
+        if label(kept.text, cfg) < 0:
             self.negatives += 1
         if self.answer_switch:
             return False, ""
-        if wants_verify(kept_step.text, cfg):
-            yield from self._large_live("verify", cfg.verify_tokens, "verify word in the step")
+        if wants_verify(kept.text, cfg):
+            halt = yield from self._large_live(
+                "verify", cfg.verify_tokens, "verify word in the step"
+            )
+            if halt is not None:
+                return halt
         return False, self._carry(start)
 
-    def _keep_neutral(self, draft: _Step, start: int) -> Generator[Event, None, tuple[bool, str]]:
+    def _recap(self, start: int) -> Generator[Event, None, Round | Halt]:
+        """Enough negative steps: the recap prompt, the large model recaps, the schedule grows."""
+        ended = yield from self._insert(self.cfg.recap_prompt)
+        if ended is not None:
+            return ended
+        reason = f"{self.negatives} negative steps >= {self.recap.after}"
+        halt = yield from self._large_live("recap", self.recap.budget, reason)
+        if halt is not None:
+            return halt
+        self.negatives = 0
+        self.recap = self.recap.next(self.cfg)
+        return False, self._carry(start)
+
+    def _keep_neutral(self, draft: _Step, start: int) -> Generator[Event, None, Round | Halt]:
         """Keep a neutral draft; a trigger inside it is the next boundary, as it would have been."""
         small = self.tracks["small"]
         region = self._carry(start)  # the think word, if any
@@ -314,21 +368,28 @@ class _Run(RunBase):
             small.session.truncate(draft.start + n)
             draft = draft.cut(n)
         draft = yield from self._commit(small, draft)
-        if draft.eos:
-            raise _Finished("eos")
+        if draft.halt is not None:
+            return draft.halt
         return (True, "") if cut is not None else (False, self._carry(start))
 
-    def _carry(self, start: int) -> str:
-        """Output text of the current round: since ``start``, after the last trigger in it.
+    def _drop(self, pending: _PendingStep | None) -> None:
+        """Discard a concurrent large step nobody will see (its tokens are counted at the end)."""
+        if pending is not None:
+            pending.discard()
+            self.discarded.append(pending)
 
-        The small model's next write scans it with its own text, so a trigger split between a
-        kept step and the small model's first token is a boundary too.
-        """
+    def _carry(self, start: int) -> str:
+        """Output text of the current round: since ``start``, after the last trigger in it."""
         return carry_text(self.out.text[start:], self.cfg.triggers)
 
-    def _large_live(self, kind: DelegationKind, budget: int, reason: str) -> Iterator[Event]:
+    def _large_live(
+        self, kind: DelegationKind, budget: int, reason: str
+    ) -> Generator[Event, None, Halt | None]:
+        """The large model writes into the output (begin, verify, recap): one delegation."""
         large = self.tracks["large"]
-        self._check_budget(large)
+        halt = self._budget_stop(large)
+        if halt is not None:
+            return halt
         position, kept_before, started = len(self.out.text), large.usage.kept_tokens, self.clock()
 
         def event() -> DelegationEvent:
@@ -349,14 +410,17 @@ class _Run(RunBase):
             )
 
         try:
-            yield from self._write(large, budget, live=True, stop_at_trigger=False)
-        except (_Finished, _LargeFault, _LargeBudget, _CloseReasoning) as exc:
-            if isinstance(exc, _Finished) or large.usage.kept_tokens > kept_before:
+            step = yield from self._write(large, budget, live=True, stop_at_trigger=False)
+        except _LargeFault:
+            if large.usage.kept_tokens > kept_before:
                 yield event()
             raise
-        yield event()
+        # Reported when it ended the request or wrote something before a budget stopped it.
+        if step.halt is None or ends_request(step.halt) or large.usage.kept_tokens > kept_before:
+            yield event()
+        return step.halt
 
-    # ------------------------------------------------------------ policies, budgets, answer
+    # ------------------------------------------------------------ policy and budgets
     def _decide(self, draft: _Step) -> Decision:
         """Ask the policy about a small draft (the judge runs on the large model's cache)."""
         large = self.tracks.get("large")
@@ -372,7 +436,7 @@ class _Run(RunBase):
             return self.policy.decide(state, None)
         try:
             return self.policy.decide(state, self._judge)
-        except (_Finished, _LargeFault):
+        except _LargeFault:
             raise
         except Exception as exc:
             raise _LargeFault(exc) from exc
@@ -384,7 +448,7 @@ class _Run(RunBase):
         try:
             return next_token_probabilities(track.session, track.backend, draft + prompt, choices)
         finally:
-            track.synced = self.out.version  # cropped back to the synced sequence
+            self._mark_synced(track)  # cropped back to the synced sequence
 
     def _large_spent(self) -> Iterator[Event]:
         """``max_large_tokens`` is spent: say so once and go on in small mode."""
@@ -398,41 +462,3 @@ class _Run(RunBase):
             spent=self.tracks["large"].usage.generated_tokens,
             position=len(self.out.text),
         )
-
-    def _close_reasoning(self) -> Iterator[Event]:
-        """The thinking budget is spent: close the reasoning; the answer follows."""
-        cfg, marker = self.cfg, self.request.answer_marker
-        assert cfg.max_reasoning_tokens is not None
-        self.reasoning_exhausted = True
-        self._end_reasoning()
-        self.answer_switch = True
-        yield BudgetEvent(
-            budget="max_reasoning_tokens",
-            limit=cfg.max_reasoning_tokens,
-            spent=self.kept_tokens,
-            position=len(self.out.text),
-        )
-        close = cfg.reasoning_close
-        if close is None:
-            close = f"\n{marker}\n\n" if marker else "\n\nFinal answer: "
-        yield from self._insert(close)
-
-    def _answer(self) -> Iterator[Event]:
-        """One model writes the rest (the answer), under the request's constraint if any."""
-        self.answering = True
-        if self.in_reasoning:
-            self._end_reasoning()  # the whole output is the answer
-        track = self.tracks["large"] if self.mode == "large" else self.tracks["small"]
-        factory = self.request.constraint
-        constraint = factory(track.backend) if factory is not None else None
-        limit = getattr(constraint, "limit", None)
-        if callable(limit):  # optional: lets the constraint finish within the tokens left
-            limit(self._room(track, self.request.max_tokens))
-        while True:
-            yield from self._write(
-                track,
-                self.request.max_tokens,
-                live=True,
-                stop_at_trigger=False,
-                constraint=constraint,
-            )

@@ -2,20 +2,19 @@
 
 :class:`Request` is one request in token ids. :class:`RunBase` owns a request's shared output,
 one :class:`_Track` (session + usage) per model and the counters of ALGORITHM.md. Its primitives
-write, commit and insert text and run a large step in the background;
-:class:`langchain_spthink.engine.loop._Run` composes them into the algorithm.
-Control flow out of a step is by exception: :class:`_Finished` ends the request,
-:class:`_LargeFault` is a large-model failure, :class:`_LargeBudget` / :class:`_CloseReasoning`
-are exhausted budgets.
+write, commit and insert text; :class:`langchain_spthink.engine.loop._Run` composes them into
+the algorithm. A step returns a :class:`_Step` that says why it stopped (:data:`Stop`) and, when
+that ends the current phase, its :data:`Halt` (the request's end, or a spent budget): ordinary
+outcomes are values. The one exception is :class:`_LargeFault`, a failure of the large model.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeGuard
 
 from langchain_spthink.backends.base import Backend, Session, close_stream, reseed
 from langchain_spthink.engine.decisions import (
@@ -28,7 +27,7 @@ from langchain_spthink.engine.decisions import (
 from langchain_spthink.engine.detok import IncrementalDetokenizer
 from langchain_spthink.engine.events import Author, Event, ModelUsage, StopReason
 from langchain_spthink.engine.handoff import resync
-from langchain_spthink.engine.output import SharedOutput
+from langchain_spthink.engine.output import OutputEnd, SharedOutput
 from langchain_spthink.engine.policies import DelegationPolicy, policy_from_config
 from langchain_spthink.engine.sampling import SamplingParams
 
@@ -91,22 +90,39 @@ class EngineParts(Protocol):
     concurrent_drafts: bool
 
 
-class _Finished(Exception):
-    def __init__(self, reason: StopReason) -> None:
-        self.reason = reason
+Halt = Literal["eos", "stop", "length", "context", "timeout", "reasoning_budget", "large_budget"]
+"""What ends the current phase: the request's end (a :data:`StopReason`), or a spent budget:
+``reasoning_budget`` (the reasoning is closed, the answer follows) or ``large_budget`` (the request
+goes on in small mode)."""
+
+Stop = Literal[
+    "max_new",  # wrote as many tokens as it was asked (or the stream ended)
+    "trigger",  # a trigger in the round's text: a boundary
+    "marker",  # the answer marker asks for the answer writer
+    "done",  # the constraint is complete
+    "eos",  # the model wrote EOS
+    "stop",
+    "length",
+    "context",
+    "timeout",
+    "reasoning_budget",
+    "large_budget",
+]
+"""Why one step stopped writing."""
+
+REQUEST_ENDS: frozenset[StopReason] = frozenset({"eos", "stop", "length", "context", "timeout"})
+
+
+def ends_request(halt: Halt | None) -> TypeGuard[StopReason]:
+    """Whether ``halt`` ends the request (rather than a budget ending a phase)."""
+    return halt in REQUEST_ENDS
 
 
 class _LargeFault(Exception):
+    """The large model failed (raised, or ran over ``large_step_timeout``): a fault."""
+
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
-
-
-class _LargeBudget(Exception):
-    """``max_large_tokens`` is spent: the request goes on in small mode."""
-
-
-class _CloseReasoning(Exception):
-    """``max_reasoning_tokens`` is spent: the reasoning is closed and the answer follows."""
 
 
 @dataclass
@@ -140,8 +156,9 @@ class _Step:
     text: str = ""
     ends: list[int] = field(default_factory=list)  # len(text) after each id
     start: int = 0  # session length before the step
-    eos: bool = False
-    trigger: bool = False
+    eos: bool = False  # the model wrote EOS (a draft's EOS ends nothing until it is committed)
+    stop: Stop = "max_new"
+    halt: Halt | None = None  # set iff the step ends the current phase
     seconds: float = 0.0
 
     def cut(self, n: int) -> _Step:
@@ -241,14 +258,28 @@ class RunBase:
             return None
         return step_seed(self.sampling.seed, track.role, step)
 
+    # `_Track.synced` is set here only: it is the output version the session's ids reflect, or
+    # -1 while the session holds an uncommitted draft (then the next `_sync` re-synchronises).
     def _sync(self, track: _Track) -> None:
+        """Make ``track``'s session hold prompt + output (a no-op when it already does)."""
         if track.synced == self.out.version:
             return
         target = self.out.ids if self.out.ids is not None else track.backend.encode(self.out.text)
         resync(track.session, track.prompt_len, target)
+        self._mark_synced(track)
+
+    def _mark_synced(self, track: _Track) -> None:
+        """``track``'s session holds prompt + output as it stands now."""
         track.synced = self.out.version
 
-    def _append(self, author: Author, text: str, ids: Sequence[int]) -> Iterator[Event]:
+    def _mark_draft(self, track: _Track) -> None:
+        """``track``'s session holds a draft that is not in the output (until committed)."""
+        track.synced = -1
+
+    def _append(
+        self, author: Author, text: str, ids: Sequence[int]
+    ) -> Generator[Event, None, OutputEnd | None]:
+        """Append to the output and stream what is safe; returns why the output ended, if it did."""
         before = len(self.out.text)
         ended = self.out.append(author, text, ids)
         marker = self.request.answer_marker
@@ -257,17 +288,17 @@ class RunBase:
                 self._end_reasoning()
                 self.answer_switch = self.answer_switch or self.request.constraint is not None
         yield from self.out.drain(final=False)
-        if ended is not None:
-            raise _Finished(ended)
+        return ended
 
     def _end_reasoning(self) -> None:
         self.in_reasoning = False
         self.reasoning_tokens = self.kept_tokens
 
-    def _insert(self, text: str) -> Iterator[Event]:
+    def _insert(self, text: str) -> Generator[Event, None, OutputEnd | None]:
+        """Insert text written by no model (recap prompt, think word, reasoning close)."""
         encode = next(iter(self.tracks.values())).backend.encode  # ids are shared: any model
         ids = encode(text) if self.out.ids is not None else []
-        yield from self._append("inserted", text, ids)
+        return (yield from self._append("inserted", text, ids))
 
     def _cut_at_marker(self, track: _Track, step: _Step) -> _Step:
         """A step that writes the answer marker, cut after the token that completes it.
@@ -285,11 +316,17 @@ class RunBase:
         return step.cut(n)
 
     def _commit(self, track: _Track, step: _Step) -> Generator[Event, None, _Step]:
+        """Put a drafted step into the output; its ``halt`` is set when it ends the request."""
         step = self._cut_at_marker(track, step)
         track.usage.kept_tokens += len(step.ids)
         self.kept_tokens += len(step.ids)
-        yield from self._append(track.role, step.text, step.ids)
-        track.synced = self.out.version
+        ended = yield from self._append(track.role, step.text, step.ids)
+        if ended is not None:
+            step.stop = step.halt = ended
+        elif step.eos:
+            step.stop = step.halt = "eos"
+        else:
+            self._mark_synced(track)
         return step
 
     def _write(
@@ -307,16 +344,24 @@ class RunBase:
         ``live`` steps go into the output token by token (and stop on a trigger when
         ``stop_at_trigger``, default: live small writes in speculative mode); other steps are
         drafts returned uncommitted. ``carry`` is text of the current round already in the output.
-        A live step also stops when the answer marker asks for the answer writer. Raises
-        ``_Finished`` for a live step that ends the request, ``_LargeFault`` for failures of the
-        large model, ``_LargeBudget`` / ``_CloseReasoning`` when a budget is spent.
+        A live step also stops when the answer marker asks for the answer writer.
+
+        Returns:
+            The step, with why it stopped (``stop``) and, when that ends the phase, ``halt``: a
+            budget spent before or after it, the deadline, and for a live step EOS, a stop
+            string or a complete constraint. A draft's EOS is only ``stop``/``eos``.
+
+        Raises:
+            _LargeFault: The large model failed or ran over ``large_step_timeout``.
         """
         if stop_at_trigger is None:
             stop_at_trigger = live and self.mode == "speculative" and track.role == "small"
-        self._check_budget(track)
+        halt = self._budget_stop(track)
+        if halt is not None:
+            return _Step(start=len(track.session.ids), stop=halt, halt=halt)
         self._sync(track)
         if not live:
-            track.synced = -1  # a draft is not in the output until committed
+            self._mark_draft(track)
         session = track.session
         budget = self._room(track, max_new)
         step = _Step(start=len(session.ids))
@@ -341,7 +386,7 @@ class RunBase:
             for token in stream:
                 track.usage.generated_tokens += 1
                 if token in track.backend.eos_ids:
-                    step.eos = True
+                    step.eos, step.stop = True, "eos"
                     break
                 step.ids.append(token)
                 delta = detok.push(token)
@@ -350,26 +395,31 @@ class RunBase:
                 if live:
                     track.usage.kept_tokens += 1
                     self.kept_tokens += 1
-                    yield from self._append(track.role, delta, [token])
-                    track.synced = self.out.version
+                    ended = yield from self._append(track.role, delta, [token])
+                    if ended is not None:
+                        step.stop = step.halt = ended
+                        break
+                    self._mark_synced(track)
                     if self.answer_switch and not self.answering:
-                        step.trigger = True
+                        step.stop = "marker"
                         break
                 if constraint is not None and constraint.done:
+                    step.stop = "done"
                     break
                 if stop_at_trigger and delta:
                     scan_from = max(0, len(round_text) - self.max_trigger + 1)
                     round_text += delta
                     if trigger_end(round_text, self.cfg.triggers, scan_from) is not None:
-                        step.trigger = True
+                        step.stop = "trigger"
                         break
                 now = self.clock()
                 if step_deadline is not None and now > step_deadline:
                     raise TimeoutError(f"large-model step exceeded {self.cfg.large_step_timeout} s")
                 if self.deadline is not None and now > self.deadline:
-                    raise _Finished("timeout")
-            tail = detok.flush()
-        except (_Finished, GeneratorExit):
+                    step.stop = step.halt = "timeout"
+                    break
+            tail = detok.flush() if step.halt is None else ""  # an ended output takes no more
+        except GeneratorExit:
             raise
         except Exception as exc:
             if is_large:
@@ -379,17 +429,24 @@ class RunBase:
             close_stream(stream)
             step.seconds = self.clock() - started
             track.usage.seconds += step.seconds
+        if step.halt is not None:
+            return step
         if tail:
             step.text += tail
             if step.ends:
                 step.ends[-1] = len(step.text)
             if live:
-                yield from self._append(track.role, tail, [])
-                track.synced = self.out.version
+                ended = yield from self._append(track.role, tail, [])
+                if ended is not None:
+                    step.stop = step.halt = ended
+                    return step
+                self._mark_synced(track)
         if live and (step.eos or (constraint is not None and constraint.done)):
-            raise _Finished("eos")
-        if live and not step.trigger:
-            self._check_budget(track)
+            step.halt = "eos"
+        elif live and step.stop not in ("trigger", "marker"):
+            halt = self._budget_stop(track)
+            if halt is not None:
+                step.stop = step.halt = halt
         return step
 
     def _room(self, track: _Track, max_new: int) -> int:
@@ -410,22 +467,22 @@ class RunBase:
             room = min(room, cfg.max_large_tokens - track.usage.generated_tokens)
         return room
 
-    def _check_budget(self, track: _Track) -> None:
+    def _budget_stop(self, track: _Track) -> Halt | None:
+        """What stops ``track`` from writing now (first of: the deadline, the budgets), if any."""
         cfg = self.cfg
         if self.deadline is not None and self.clock() > self.deadline:
-            raise _Finished("timeout")
+            return "timeout"
         if self.kept_tokens >= self.request.max_tokens:
-            raise _Finished("length")
+            return "length"
         if len(track.session.ids) >= track.backend.context_length:
-            raise _Finished("context")
+            return "context"
         if (
             self.in_reasoning
             and cfg.max_reasoning_tokens is not None
             and self.kept_tokens >= cfg.max_reasoning_tokens
         ):
-            raise _CloseReasoning
-        if track.role == "large":
-            self._check_large_budget()
+            return "reasoning_budget"
+        return self._large_budget_stop() if track.role == "large" else None
 
     def _count_discarded(self) -> None:
         """Add the tokens of finished, discarded concurrent steps to the large model's usage.
@@ -443,8 +500,10 @@ class RunBase:
             large.forked_forwarded += forwarded
         self.discarded.clear()
 
-    def _check_large_budget(self) -> None:
+    def _large_budget_stop(self) -> Halt | None:
+        """``large_budget`` once the large model has generated ``max_large_tokens``."""
         limit, large = self.cfg.max_large_tokens, self.tracks.get("large")
         if self.mode == "speculative" and limit is not None and large is not None:
             if large.usage.generated_tokens >= limit:
-                raise _LargeBudget
+                return "large_budget"
+        return None
