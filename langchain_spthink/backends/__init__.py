@@ -8,8 +8,9 @@ and :mod:`.loading` (model specs to backends, the process-wide cache of loaded w
 May import: the standard library, torch, transformers, llama.cpp, numpy,
 :mod:`langchain_spthink.errors`, :mod:`langchain_spthink.models`,
 :mod:`langchain_spthink.threads` and the engine's leaf modules (``engine.sampling``,
-``engine.handoff``). Must not import: the control loop (``engine.loop``, ``engine.state``,
-``engine.concurrent``), :mod:`langchain_spthink.chat`, :mod:`langchain_spthink.cli`
+``engine.handoff``). Must not import: the control loop (``engine.loop``, ``engine.steps``,
+``engine.state``, ``engine.answer``, ``engine.concurrent``, ``engine.judge``, ``engine.report``),
+:mod:`langchain_spthink.chat`, :mod:`langchain_spthink.cli`
 (contracts in ``pyproject.toml``, checked by ``lint-imports``). ``Backend`` and ``Session`` are
 exported lazily, so importing this package loads no runtime.
 """

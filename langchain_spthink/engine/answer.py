@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from langchain_spthink.engine.events import BudgetEvent, Event
-from langchain_spthink.engine.state import Halt, RunBase
+from langchain_spthink.engine.state import RunBase
+from langchain_spthink.engine.steps import Halt
 
 __all__ = ["close_reasoning", "reasoning_close_text", "write_answer"]
 

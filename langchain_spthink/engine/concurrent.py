@@ -14,9 +14,10 @@ from dataclasses import replace
 
 from langchain_spthink.backends.base import close_stream
 from langchain_spthink.engine.detok import IncrementalDetokenizer
-from langchain_spthink.engine.state import Halt, RunBase, _LargeFault, _PendingStep, _Step
+from langchain_spthink.engine.state import RunBase
+from langchain_spthink.engine.steps import Halt, _LargeFault, _PendingStep, _Step
 
-__all__ = ["finish_large_step", "start_large_step"]
+__all__ = ["count_discarded", "finish_large_step", "start_large_step"]
 
 
 def start_large_step(run: RunBase, max_new: int) -> _PendingStep | Halt | None:
@@ -114,3 +115,20 @@ def finish_large_step(run: RunBase, pending: _PendingStep) -> _Step:
         if step.ends:
             step.ends[-1] = len(step.text)
     return step
+
+
+def count_discarded(run: RunBase) -> None:
+    """Add the tokens of finished, discarded concurrent steps to the large model's usage.
+
+    They were generated (and paid for) even though nobody saw them; steps still stopping
+    when the request ends are not counted.
+    """
+    large = run.tracks.get("large")
+    for pending in run.discarded:
+        future = pending.future
+        if large is None or not future.done() or future.exception() is not None:
+            continue
+        ids, forwarded, _ = future.result()
+        large.usage.generated_tokens += len(ids)
+        large.forked_forwarded += forwarded
+    run.discarded.clear()

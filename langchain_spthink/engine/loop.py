@@ -7,7 +7,7 @@ model, and the counters of the algorithm (state and primitives, and :class:`Requ
 decisions are pure functions (:mod:`~langchain_spthink.engine.decisions`), concurrent drafts
 (:mod:`~langchain_spthink.engine.concurrent`) and the answer phase
 (:mod:`~langchain_spthink.engine.answer`) are modules it calls. Each step returns why it
-stopped; a :data:`~langchain_spthink.engine.state.Halt` (the request's end or a spent budget) is
+stopped; a :data:`~langchain_spthink.engine.steps.Halt` (the request's end or a spent budget) is
 handed up as a value, and only a failure of the large model is an exception. Nothing here knows
 about LangChain or threads.
 """
@@ -15,7 +15,7 @@ about LangChain or threads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor
 from typing import Literal
 
@@ -39,22 +39,21 @@ from langchain_spthink.engine.events import (
     DelegationKind,
     Event,
     FallbackEvent,
-    FinishEvent,
-    ModelUsage,
     StopReason,
 )
-from langchain_spthink.engine.judge import next_token_probabilities
-from langchain_spthink.engine.policies import BoundaryState, Decision, DelegationPolicy
-from langchain_spthink.engine.state import (
+from langchain_spthink.engine.judge import decide
+from langchain_spthink.engine.policies import Decision, DelegationPolicy
+from langchain_spthink.engine.report import finish_event
+from langchain_spthink.engine.state import Request, RunBase
+from langchain_spthink.engine.steps import (
     Halt,
     Mode,
-    Request,
     Role,
-    RunBase,
     _LargeFault,
     _PendingStep,
     _Step,
     _Track,
+    check_request,
     ends_request,
 )
 from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
@@ -118,23 +117,7 @@ class SpeculativeEngine:
 
     def generate(self, request: Request) -> Iterator[Event]:
         """Run one request, yielding text, delegation and fallback events, then a finish event."""
-        if request.max_tokens <= 0:
-            raise InvalidRequestError(f"max_tokens must be positive, got {request.max_tokens}")
-        if any(not s for s in request.stop):
-            raise InvalidRequestError("stop strings must not be empty")
-        if request.answer_marker == "":
-            raise InvalidRequestError("answer_marker must not be empty (use None)")
-        if request.mode != "small" and self.large is None:
-            raise InvalidRequestError(f"mode {request.mode!r} needs a large model")
-        if request.mode != "large" and self.small is None:
-            raise InvalidRequestError(f"mode {request.mode!r} needs a small model")
-        roles = {"speculative": (self.small, self.large), "small": (self.small,)}
-        for model in roles.get(request.mode, (self.large,)):
-            if model is not None and request.max_tokens > model.context_length:
-                raise InvalidRequestError(
-                    f"max_tokens={request.max_tokens} exceeds the context window of "
-                    f"{model.name} ({model.context_length} tokens)"
-                )
+        check_request(request, self.small, self.large)
         run = _Run(self, request)
         try:
             yield from run.events()
@@ -151,32 +134,7 @@ class _Run(RunBase):
         except _LargeFault as fault:
             raise LargeModelError(f"the large model failed: {fault.cause}") from fault.cause
         yield from self.out.drain(final=True)
-        self._count_discarded()
-        for track in self.tracks.values():
-            track.usage.forwarded_tokens = track.session.forwarded + track.forked_forwarded
-        yield FinishEvent(
-            stop_reason=reason,
-            text=self.out.text,
-            small=self.tracks["small"].usage if "small" in self.tracks else ModelUsage(),
-            large=self.tracks["large"].usage if "large" in self.tracks else ModelUsage(),
-            delegations=self.delegations,
-            seconds=self.clock() - self.started,
-            mode=self.mode,
-            extra={
-                "boundaries": float(self.boundaries),
-                "boundary_seconds": self.boundary_seconds,
-                **(
-                    {
-                        "concurrent_seconds_saved": self.saved,
-                        "concurrent_steps": float(self.concurrent_steps),
-                        "concurrent_steps_discarded": float(self.discarded_steps),
-                    }
-                    if self.engine.concurrent_drafts
-                    else {}
-                ),
-            },
-            budgets=self.budgets(),
-        )
+        yield finish_event(self, reason)
 
     def _phases(self) -> Generator[Event, None, StopReason]:
         """The reasoning (speculative, or one model alone), then the answer; how it ended."""
@@ -285,7 +243,7 @@ class _Run(RunBase):
             try:
                 draft = yield from self._write(small, cfg.draft_tokens, live=False)
                 if draft.halt is None and not cfg.not_reasoning:
-                    decision = self._decide(draft)
+                    decision = decide(self, draft.text)
             except BaseException:
                 self._drop(pending)
                 raise
@@ -420,36 +378,7 @@ class _Run(RunBase):
             yield event()
         return step.halt
 
-    # ------------------------------------------------------------ policy and budgets
-    def _decide(self, draft: _Step) -> Decision:
-        """Ask the policy about a small draft (the judge runs on the large model's cache)."""
-        large = self.tracks.get("large")
-        state = BoundaryState(
-            draft=draft.text,
-            output=self.out.text,
-            delegations=self.delegations,
-            negatives=self.negatives,
-            tokens=self.kept_tokens,
-            large_tokens=large.usage.generated_tokens if large else 0,
-        )
-        if not self.policy.needs_judge:
-            return self.policy.decide(state, None)
-        try:
-            return self.policy.decide(state, self._judge)
-        except _LargeFault:
-            raise
-        except Exception as exc:
-            raise _LargeFault(exc) from exc
-
-    def _judge(self, draft: str, prompt: str, choices: Sequence[str]) -> list[float]:
-        """The :class:`~langchain_spthink.engine.policies.Judge` of this request (large model)."""
-        track = self.tracks["large"]
-        self._sync(track)
-        try:
-            return next_token_probabilities(track.session, track.backend, draft + prompt, choices)
-        finally:
-            self._mark_synced(track)  # cropped back to the synced sequence
-
+    # ------------------------------------------------------------ budgets
     def _large_spent(self) -> Iterator[Event]:
         """``max_large_tokens`` is spent: say so once and go on in small mode."""
         limit = self.cfg.max_large_tokens

@@ -1,22 +1,21 @@
 """The state of one request and the primitives the control loop is written in.
 
-:class:`Request` is one request in token ids. :class:`RunBase` owns a request's shared output,
-one :class:`_Track` (session + usage) per model and the counters of ALGORITHM.md. Its primitives
-write, commit and insert text; :class:`langchain_spthink.engine.loop._Run` composes them into
-the algorithm. A step returns a :class:`_Step` that says why it stopped (:data:`Stop`) and, when
-that ends the current phase, its :data:`Halt` (the request's end, or a spent budget): ordinary
-outcomes are values. The one exception is :class:`_LargeFault`, a failure of the large model.
+:class:`RunBase` owns a request's shared output, one :class:`~.steps._Track` (session + usage)
+per model and the counters of ALGORITHM.md. Its primitives write, commit and insert text and keep
+each session in step with the output; :class:`langchain_spthink.engine.loop._Run` composes them
+into the algorithm. A write returns a :class:`~.steps._Step` that says why it stopped and, when
+that ends the current phase, its :data:`~.steps.Halt` (the request's end, or a spent budget):
+ordinary outcomes are values. The one exception is :class:`~.steps._LargeFault`, a failure of
+the large model. :class:`~.steps.Request` is re-exported here.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, TypeGuard
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Protocol
 
-from langchain_spthink.backends.base import Backend, Session, close_stream, reseed
+from langchain_spthink.backends.base import Backend, close_stream, reseed
 from langchain_spthink.engine.decisions import (
     Recap,
     ids_covering,
@@ -25,53 +24,27 @@ from langchain_spthink.engine.decisions import (
     trigger_end,
 )
 from langchain_spthink.engine.detok import IncrementalDetokenizer
-from langchain_spthink.engine.events import Author, Event, ModelUsage, StopReason
+from langchain_spthink.engine.events import Author, Event, ModelUsage
 from langchain_spthink.engine.handoff import resync
 from langchain_spthink.engine.output import OutputEnd, SharedOutput
 from langchain_spthink.engine.policies import DelegationPolicy, policy_from_config
 from langchain_spthink.engine.sampling import SamplingParams
+from langchain_spthink.engine.steps import (
+    Halt,
+    Mode,
+    Request,
+    Role,
+    _LargeFault,
+    _PendingStep,
+    _Step,
+    _Track,
+)
+
+__all__ = ["EngineParts", "Mode", "Request", "Role", "RunBase"]
 
 if TYPE_CHECKING:
-    from langchain_spthink.backends.base import ConstraintFactory
     from langchain_spthink.engine.config import SpeculativeThinkingConfig
     from langchain_spthink.engine.sampling import TokenConstraint
-
-Role = Literal["small", "large"]
-Mode = Literal["speculative", "small", "large"]
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generation request, in token ids.
-
-    Attributes:
-        small_prompt: The prompt in the small model's tokenizer and chat template.
-        large_prompt: The prompt in the large model's tokenizer and chat template.
-        max_tokens: Budget of generated output tokens (the prompt does not count).
-        sampling: Sampling of both models; ``None``: the config's
-            (:meth:`~langchain_spthink.engine.config.SpeculativeThinkingConfig.sampling`,
-            unseeded). Each sampled step gets its own seed derived from ``sampling.seed``
-            (:func:`~langchain_spthink.engine.decisions.step_seed`: the first step of the small
-            model samples with ``seed``, of the large model with ``seed + 1``).
-        stop: Stop strings; the output ends before the first one.
-        mode: ``speculative``, or one model alone (``small`` / ``large``).
-        constraint: Builds the constraint the answer is decoded under (for the model that
-            writes it); ``None``: unconstrained.
-        answer_marker: Text after which the answer starts (e.g. ``"</think>"``); ``None``: the
-            whole output is the answer. The reasoning before it runs speculatively; with a
-            constraint, one model (small, or large in large mode) writes the answer under it.
-        policy: The delegation policy of this request (``None``: the engine's).
-    """
-
-    small_prompt: Sequence[int]
-    large_prompt: Sequence[int]
-    max_tokens: int = 512
-    sampling: SamplingParams | None = None
-    stop: tuple[str, ...] = ()
-    mode: Mode = "speculative"
-    constraint: ConstraintFactory | None = None
-    answer_marker: str | None = None
-    policy: DelegationPolicy | None = None
 
 
 class EngineParts(Protocol):
@@ -88,82 +61,6 @@ class EngineParts(Protocol):
     share_ids: bool
     executor: Executor | None
     concurrent_drafts: bool
-
-
-Halt = Literal["eos", "stop", "length", "context", "timeout", "reasoning_budget", "large_budget"]
-"""What ends the current phase: the request's end (a :data:`StopReason`), or a spent budget:
-``reasoning_budget`` (the reasoning is closed, the answer follows) or ``large_budget`` (the request
-goes on in small mode)."""
-
-Stop = Literal[
-    "max_new",  # wrote as many tokens as it was asked (or the stream ended)
-    "trigger",  # a trigger in the round's text: a boundary
-    "marker",  # the answer marker asks for the answer writer
-    "done",  # the constraint is complete
-    "eos",  # the model wrote EOS
-    "stop",
-    "length",
-    "context",
-    "timeout",
-    "reasoning_budget",
-    "large_budget",
-]
-"""Why one step stopped writing."""
-
-REQUEST_ENDS: frozenset[StopReason] = frozenset({"eos", "stop", "length", "context", "timeout"})
-
-
-def ends_request(halt: Halt | None) -> TypeGuard[StopReason]:
-    """Whether ``halt`` ends the request (rather than a budget ending a phase)."""
-    return halt in REQUEST_ENDS
-
-
-class _LargeFault(Exception):
-    """The large model failed (raised, or ran over ``large_step_timeout``): a fault."""
-
-    def __init__(self, cause: BaseException) -> None:
-        self.cause = cause
-
-
-@dataclass
-class _Track:
-    role: Role
-    backend: Backend
-    session: Session
-    prompt_len: int
-    usage: ModelUsage
-    sampling: SamplingParams
-    synced: int = 0  # version of the shared output the session's ids reflect
-    steps: int = 0  # sampled steps started (each takes the seed step_seed(seed, role, steps))
-    forked_forwarded: int = 0  # positions forwarded by throw-away sessions (concurrent steps)
-
-
-@dataclass
-class _PendingStep:
-    """A large-model step running in the executor on a throw-away session."""
-
-    future: Future[tuple[list[int], int, float]]
-    stop: threading.Event
-    started: float
-
-    def discard(self) -> None:
-        self.stop.set()  # the worker closes its stream at the next token
-
-
-@dataclass
-class _Step:
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    ends: list[int] = field(default_factory=list)  # len(text) after each id
-    start: int = 0  # session length before the step
-    eos: bool = False  # the model wrote EOS (a draft's EOS ends nothing until it is committed)
-    stop: Stop = "max_new"
-    halt: Halt | None = None  # set iff the step ends the current phase
-    seconds: float = 0.0
-
-    def cut(self, n: int) -> _Step:
-        """The first ``n`` ids of this step (n >= 1)."""
-        return _Step(self.ids[:n], self.text[: self.ends[n - 1]], self.ends[:n], self.start)
 
 
 class RunBase:
@@ -229,21 +126,6 @@ class RunBase:
         """Close every model's session."""
         for track in self.tracks.values():
             track.session.close()
-
-    def budgets(self) -> dict[str, int | bool]:
-        """Limits, spending and exhaustion of the configured budgets (for the finish event)."""
-        cfg, report = self.cfg, dict[str, int | bool]()
-        if cfg.max_large_tokens is not None:
-            large = self.tracks.get("large")
-            report["max_large_tokens"] = cfg.max_large_tokens
-            report["large_tokens"] = large.usage.generated_tokens if large else 0
-            report["large_exhausted"] = self.large_exhausted
-        if cfg.max_reasoning_tokens is not None:
-            report["max_reasoning_tokens"] = cfg.max_reasoning_tokens
-            spent = self.kept_tokens if self.reasoning_tokens is None else self.reasoning_tokens
-            report["reasoning_tokens"] = spent
-            report["reasoning_exhausted"] = self.reasoning_exhausted
-        return report
 
     # ------------------------------------------------------------ primitives
     def _step_seed(self, track: _Track) -> int | None:
@@ -483,22 +365,6 @@ class RunBase:
         ):
             return "reasoning_budget"
         return self._large_budget_stop() if track.role == "large" else None
-
-    def _count_discarded(self) -> None:
-        """Add the tokens of finished, discarded concurrent steps to the large model's usage.
-
-        They were generated (and paid for) even though nobody saw them; steps still stopping
-        when the request ends are not counted.
-        """
-        large = self.tracks.get("large")
-        for pending in self.discarded:
-            future = pending.future
-            if large is None or not future.done() or future.exception() is not None:
-                continue
-            ids, forwarded, _ = future.result()
-            large.usage.generated_tokens += len(ids)
-            large.forked_forwarded += forwarded
-        self.discarded.clear()
 
     def _large_budget_stop(self) -> Halt | None:
         """``large_budget`` once the large model has generated ``max_large_tokens``."""
