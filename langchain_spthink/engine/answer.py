@@ -77,7 +77,6 @@ def write_answer(run: RunBase) -> Generator[Event, None, Halt]:
             track,
             run.request.max_tokens,
             live=True,
-            stop_at_trigger=False,
             constraint=constraint,
         )
         if step.halt is not None:

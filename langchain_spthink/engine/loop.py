@@ -218,7 +218,11 @@ class _Run(RunBase):
             self.boundary_seconds += self.clock() - started
 
     def _boundary_step(self) -> Generator[Event, None, Round | Halt]:
-        """Step 3 at a trigger: a recap, or a look-ahead draft and maybe the large step."""
+        """Step 3 at a trigger: a recap, or a look-ahead draft the policy judges.
+
+        A neutral draft is kept (:meth:`_keep_neutral`); otherwise the large model writes the
+        step too (:meth:`_delegate`), concurrently with the draft when it can.
+        """
         cfg, small = self.cfg, self.tracks["small"]
         halt = self._budget_stop(small) or self._large_budget_stop()
         if halt is not None:
@@ -255,6 +259,18 @@ class _Run(RunBase):
                     self._drop(pending)
                     self.discarded_steps += 1
                 return (yield from self._keep_neutral(draft, start))
+        return (yield from self._delegate(start, position, draft, decision, pending))
+
+    def _delegate(
+        self,
+        start: int,
+        position: int,
+        draft: _Step | None,
+        decision: Decision,
+        pending: _PendingStep | None,
+    ) -> Generator[Event, None, Round | Halt]:
+        """The large model writes the step too; the keep-large rule picks one; maybe verify."""
+        cfg = self.cfg
         s = label(draft.text, cfg) if draft is not None else None
         if pending is not None:
             large = finish_large_step(self, pending)
@@ -368,7 +384,7 @@ class _Run(RunBase):
             )
 
         try:
-            step = yield from self._write(large, budget, live=True, stop_at_trigger=False)
+            step = yield from self._write(large, budget, live=True)
         except _LargeFault:
             if large.usage.kept_tokens > kept_before:
                 yield event()

@@ -217,16 +217,15 @@ class RunBase:
         max_new: int,
         *,
         live: bool,
-        stop_at_trigger: bool | None = None,
         carry: str = "",
         constraint: TokenConstraint | None = None,
     ) -> Generator[Event, None, _Step]:
         """Let one model write up to ``max_new`` tokens.
 
-        ``live`` steps go into the output token by token (and stop on a trigger when
-        ``stop_at_trigger``, default: live small writes in speculative mode); other steps are
-        drafts returned uncommitted. ``carry`` is text of the current round already in the output.
-        A live step also stops when the answer marker asks for the answer writer.
+        ``live`` steps go into the output token by token; other steps are drafts returned
+        uncommitted. The small model's live reasoning steps in speculative mode stop at a
+        trigger (``carry``: text of the current round already in the output); a live step also
+        stops when the answer marker asks for the answer writer.
 
         Returns:
             The step, with why it stopped (``stop``) and, when that ends the phase, ``halt``: a
@@ -236,8 +235,10 @@ class RunBase:
         Raises:
             _LargeFault: The large model failed or ran over ``large_step_timeout``.
         """
-        if stop_at_trigger is None:
-            stop_at_trigger = live and self.mode == "speculative" and track.role == "small"
+        # Only the speculative reasoning looks for triggers (not the answer, nor the large model).
+        stop_at_trigger = (
+            live and self.mode == "speculative" and track.role == "small" and not self.answering
+        )
         halt = self._budget_stop(track)
         if halt is not None:
             return _Step(start=len(track.session.ids), stop=halt, halt=halt)
