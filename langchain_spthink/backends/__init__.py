@@ -9,8 +9,9 @@ Modules: :mod:`.base` (the :class:`~langchain_spthink.backends.base.Backend` /
 May import: the standard library, torch, transformers, llama.cpp, numpy,
 :mod:`langchain_spthink.errors`, :mod:`langchain_spthink.models`,
 :mod:`langchain_spthink.threads` and the engine's leaf modules (``engine.sampling``,
-``engine.handoff``). Must not import: the control loop (``engine.loop``, ``engine.state``,
-``engine.concurrent``), :mod:`langchain_spthink.chat`, :mod:`langchain_spthink.cli`
+``engine.handoff``). Must not import: the control loop (``engine.loop``, ``engine.steps``,
+``engine.state``, ``engine.answer``, ``engine.concurrent``, ``engine.judge``, ``engine.report``),
+:mod:`langchain_spthink.chat`, :mod:`langchain_spthink.cli`
 (contracts in ``pyproject.toml``, checked by ``lint-imports``). ``Backend`` and ``Session`` are
 exported lazily, so importing this package loads no runtime.
 """

@@ -6,7 +6,7 @@ Nothing here loads a runtime (no torch at import), so the remote backend can use
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from langchain_spthink.backends.base import vocab_fingerprint
@@ -205,7 +205,13 @@ class LocalSession(SequenceSession):
     ) -> None:
         super().__init__(prompt_ids)
         self.sampling = sampling
+        self._device = device
         self._generator = request_generator(sampling, device)
+
+    def reseed(self, seed: int | None) -> None:
+        """Sample from now on with a generator seeded by ``seed`` (``None``: a fresh one)."""
+        self.sampling = replace(self.sampling, seed=seed)
+        self._generator = request_generator(self.sampling, self._device)
 
     def next_logits(self) -> torch.Tensor:
         """Logits ``[vocab]`` for the position after :attr:`ids`, forwarding pending ids only."""

@@ -10,6 +10,9 @@ with whatever cache the runtime keeps for it. Invariants every session keeps:
 * :meth:`Session.truncate` crops the cache; nothing is ever copied for rollback.
 * :meth:`Session.stream` yields sampled ids one at a time, each already appended to ``ids``;
   the consumer stops whenever it likes (trigger, EOS, budget) by not asking for more.
+* :meth:`Session.reseed` gives the next sampled step its own seed (the engine derives one per
+  step from the request's seed), so no two steps of a request replay one random stream. Sessions
+  written before it existed may lack it: the engine calls it through :func:`reseed`.
 
 A backend may also carry ``stop_texts``: texts that end its model's turn like an EOS token (a
 base model prompted in a completion format starts a new ``Question:``); the engine ends the
@@ -25,7 +28,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from langchain_spthink.engine.sampling import SamplingParams, TokenConstraint
 
-__all__ = ["Backend", "ConstraintFactory", "Session", "close_stream", "vocab_fingerprint"]
+__all__ = [
+    "Backend",
+    "ConstraintFactory",
+    "Session",
+    "close_stream",
+    "reseed",
+    "vocab_fingerprint",
+]
 
 
 @runtime_checkable
@@ -57,6 +67,13 @@ class Session(Protocol):
         sampling warpers) and each sampled id is passed to its ``accept``; the consumer stops
         when an EOS id is yielded or ``constraint.done``. Backends that sample elsewhere (remote
         servers) raise :class:`~langchain_spthink.errors.InvalidRequestError`.
+        """
+        ...
+
+    def reseed(self, seed: int | None) -> None:
+        """Sample from now on with a generator seeded by ``seed`` (``None``: a fresh one).
+
+        The other sampling settings stay; a greedy session is unaffected.
         """
         ...
 
@@ -141,3 +158,10 @@ def close_stream(stream: Iterator[int]) -> None:
     close = getattr(stream, "close", None)
     if close is not None:
         close()
+
+
+def reseed(session: Session, seed: int | None) -> None:
+    """Call :meth:`Session.reseed` on a session that has it (older sessions are left alone)."""
+    method = getattr(session, "reseed", None)
+    if callable(method):
+        method(seed)

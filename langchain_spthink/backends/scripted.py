@@ -24,6 +24,7 @@ import re
 import string
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -202,7 +203,7 @@ class ScriptedBackend(BackendBase):
             ):
                 prompt_len = other.prompt_len
                 break
-        session = ScriptedSession(self, prompt_ids, prompt_len)
+        session = ScriptedSession(self, prompt_ids, prompt_len, sampling)
         self.sessions.append(session)
         return session
 
@@ -211,7 +212,11 @@ class ScriptedSession(SequenceSession):
     """Session of a :class:`ScriptedBackend`; counts forwarded positions like a real cache."""
 
     def __init__(
-        self, backend: ScriptedBackend, prompt_ids: Sequence[int], prompt_len: int | None = None
+        self,
+        backend: ScriptedBackend,
+        prompt_ids: Sequence[int],
+        prompt_len: int | None = None,
+        sampling: SamplingParams | None = None,
     ) -> None:
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty: a session needs at least one token")
@@ -221,6 +226,8 @@ class ScriptedSession(SequenceSession):
         self._cached = 0
         self.closed = False
         self.truncations: list[int] = []
+        self.sampling = sampling or SamplingParams()
+        self.seeds: list[int | None] = [self.sampling.seed]  # the seed of each step, in order
 
     def truncate(self, length: int) -> None:
         """Crop (any ``length``, recorded in :attr:`truncations`)."""
@@ -249,6 +256,11 @@ class ScriptedSession(SequenceSession):
             if backend.on_token is not None:
                 backend.on_token()
             yield token
+
+    def reseed(self, seed: int | None) -> None:
+        """Record the seed of the next step (a script writes the same tokens whatever the seed)."""
+        self.sampling = replace(self.sampling, seed=seed)
+        self.seeds.append(seed)
 
     def close(self) -> None:
         """Mark closed."""

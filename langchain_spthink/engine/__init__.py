@@ -1,9 +1,11 @@
 """The engine layer: the speculative-thinking control loop, pure: token ids in, typed events out.
 
-Modules: :mod:`.loop` (:class:`~langchain_spthink.engine.loop.SpeculativeEngine`), :mod:`.state`
-(one request's state, :class:`~langchain_spthink.engine.state.Request`), :mod:`.concurrent`
-(concurrent drafts), :mod:`.judge`, :mod:`.config`, :mod:`.cues`, :mod:`.policies`,
-:mod:`.events`, :mod:`.sampling`, :mod:`.output`, :mod:`.handoff`, :mod:`.detok`.
+Modules: :mod:`.loop` (:class:`~langchain_spthink.engine.loop.SpeculativeEngine` and the control
+loop), :mod:`.decisions` (its decisions, pure), :mod:`.steps` (:class:`~.steps.Request`, a step's
+result), :mod:`.state` (one request's state and primitives), :mod:`.answer` (the answer phase),
+:mod:`.concurrent` (concurrent drafts), :mod:`.judge`, :mod:`.report` (the finish event),
+:mod:`.config`, :mod:`.cues`, :mod:`.policies`, :mod:`.events`, :mod:`.sampling`, :mod:`.output`,
+:mod:`.handoff`, :mod:`.detok`.
 
 May import: the standard library, pydantic, torch (inside sampling functions only),
 :mod:`langchain_spthink.errors`, :mod:`langchain_spthink.threads` and

@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 
 from langchain_spthink.backends.base import close_stream
 from langchain_spthink.engine.detok import IncrementalDetokenizer
-from langchain_spthink.engine.state import (
-    RunBase,
-    _Finished,
-    _LargeFault,
-    _PendingStep,
-    _Step,
-)
+from langchain_spthink.engine.state import RunBase
+from langchain_spthink.engine.steps import Halt, _LargeFault, _PendingStep, _Step
 
-__all__ = ["finish_large_step", "start_large_step"]
+__all__ = ["count_discarded", "finish_large_step", "start_large_step"]
 
 
-def start_large_step(run: RunBase, max_new: int) -> _PendingStep | None:
-    """Start the large model's step of this boundary in the executor (or return None).
+def start_large_step(run: RunBase, max_new: int) -> _PendingStep | Halt | None:
+    """Start the large model's step of this boundary in the executor.
 
     The step runs on a throw-away session opened from a snapshot of the large model's ids
     (synced to the output now: the small draft does not change the output), so the real
     session is untouched until the step is kept.
+
+    Returns:
+        The pending step; ``None`` when steps do not run concurrently (the caller writes the
+        large step itself); or the :data:`Halt` that keeps the large model from writing now.
     """
     engine = run.engine
     if not engine.concurrent_drafts or engine.executor is None or run.mode != "speculative":
@@ -37,16 +37,20 @@ def start_large_step(run: RunBase, max_new: int) -> _PendingStep | None:
     if run.cfg.max_large_tokens is not None:
         return None  # a capped large model runs no step that may be discarded unseen
     track = run.tracks["large"]
-    run._check_budget(track)
+    halt = run._budget_stop(track)
+    if halt is not None:
+        return halt
     run._sync(track)
-    track.synced = -1  # a draft is not in the output until committed
+    run._mark_draft(track)
     snapshot = list(track.session.ids)
     budget = run._room(track, max_new)
     stop, eos, clock = threading.Event(), track.backend.eos_ids, run.clock
+    seed = run._step_seed(track)  # a fork is a step of its own: never the session's seed again
+    sampling = track.sampling if seed is None else replace(track.sampling, seed=seed)
 
     def work() -> tuple[list[int], int, float]:
         started = clock()
-        fork = track.backend.new_session(snapshot, track.sampling)
+        fork = track.backend.new_session(snapshot, sampling)
         ids: list[int] = []
         stream = fork.stream(budget)
         try:
@@ -66,7 +70,14 @@ def start_large_step(run: RunBase, max_new: int) -> _PendingStep | None:
 
 
 def finish_large_step(run: RunBase, pending: _PendingStep) -> _Step:
-    """Wait for a started large step and replay it into the real session as a draft."""
+    """Wait for a started large step and replay it into the real session as a draft.
+
+    Returns:
+        The draft; or an empty step halted by ``timeout`` when the request's deadline passed.
+
+    Raises:
+        _LargeFault: The step failed, or ran over ``large_step_timeout``.
+    """
     cfg, track = run.cfg, run.tracks["large"]
     limits = []
     if cfg.large_step_timeout:
@@ -79,7 +90,7 @@ def finish_large_step(run: RunBase, pending: _PendingStep) -> _Step:
     except FutureTimeout:
         pending.discard()
         if run.deadline is not None and run.clock() > run.deadline:
-            raise _Finished("timeout") from None
+            return _Step(stop="timeout", halt="timeout")
         cause = TimeoutError(f"large-model step exceeded {cfg.large_step_timeout} s")
         raise _LargeFault(cause) from None
     except Exception as exc:
@@ -104,3 +115,20 @@ def finish_large_step(run: RunBase, pending: _PendingStep) -> _Step:
         if step.ends:
             step.ends[-1] = len(step.text)
     return step
+
+
+def count_discarded(run: RunBase) -> None:
+    """Add the tokens of finished, discarded concurrent steps to the large model's usage.
+
+    They were generated (and paid for) even though nobody saw them; steps still stopping
+    when the request ends are not counted.
+    """
+    large = run.tracks.get("large")
+    for pending in run.discarded:
+        future = pending.future
+        if large is None or not future.done() or future.exception() is not None:
+            continue
+        ids, forwarded, _ = future.result()
+        large.usage.generated_tokens += len(ids)
+        large.forked_forwarded += forwarded
+    run.discarded.clear()

@@ -1,4 +1,9 @@
-"""The judge's question to the large model, asked on its cached sequence (crop, never copy)."""
+"""The policy's call at a boundary, and the judge's question to the large model.
+
+:func:`decide` asks the request's delegation policy about a small draft; a judging policy asks
+the large model through :func:`next_token_probabilities`, on its cached sequence (crop, never
+copy). A failure while judging is a large-model fault.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,46 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from langchain_spthink.backends.base import Backend, Session, close_stream
+from langchain_spthink.engine.policies import BoundaryState, Decision
 from langchain_spthink.engine.sampling import SamplingParams
+from langchain_spthink.engine.state import RunBase
+from langchain_spthink.engine.steps import _LargeFault
 
-__all__ = ["next_token_probabilities"]
+__all__ = ["decide", "next_token_probabilities"]
+
+
+def decide(run: RunBase, draft: str) -> Decision:
+    """Ask the run's policy about a small draft (a judge runs on the large model's cache).
+
+    Raises:
+        _LargeFault: The large model failed while judging.
+    """
+    large = run.tracks.get("large")
+    state = BoundaryState(
+        draft=draft,
+        output=run.out.text,
+        delegations=run.delegations,
+        negatives=run.negatives,
+        tokens=run.kept_tokens,
+        large_tokens=large.usage.generated_tokens if large else 0,
+    )
+    if not run.policy.needs_judge:
+        return run.policy.decide(state, None)
+
+    def judge(draft: str, prompt: str, choices: Sequence[str]) -> list[float]:
+        track = run.tracks["large"]
+        run._sync(track)
+        try:
+            return next_token_probabilities(track.session, track.backend, draft + prompt, choices)
+        finally:
+            run._mark_synced(track)  # cropped back to the synced sequence
+
+    try:
+        return run.policy.decide(state, judge)
+    except _LargeFault:
+        raise
+    except Exception as exc:
+        raise _LargeFault(exc) from exc
 
 
 def next_token_probabilities(

@@ -3,61 +3,65 @@
 The engine speaks token ids; backends own tokenizers and caches. One request is one
 :class:`_Run`: a shared output (text, plus ids when both models share a tokenizer), one session per
 model, and the counters of the algorithm (state and primitives, and :class:`Request`, in
-:mod:`langchain_spthink.engine.state`). Nothing here knows about LangChain or threads.
+:mod:`langchain_spthink.engine.state`). The loop reads top to bottom like ALGORITHM.md: the
+decisions are pure functions (:mod:`~langchain_spthink.engine.decisions`), concurrent drafts
+(:mod:`~langchain_spthink.engine.concurrent`) and the answer phase
+(:mod:`~langchain_spthink.engine.answer`) are modules it calls. Each step returns why it
+stopped; a :data:`~langchain_spthink.engine.steps.Halt` (the request's end or a spent budget) is
+handed up as a value, and only a failure of the large model is an exception. Nothing here knows
+about LangChain or threads.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor
 from typing import Literal
 
 from langchain_spthink.backends.base import Backend
+from langchain_spthink.engine.answer import close_reasoning, write_answer
 from langchain_spthink.engine.concurrent import finish_large_step, start_large_step
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
-from langchain_spthink.engine.cues import contains_any
+from langchain_spthink.engine.decisions import (
+    BEGIN_SHARE,
+    begin_budget,
+    carry_text,
+    ids_covering,
+    keep_large,
+    label,
+    trigger_end,
+    wants_verify,
+)
 from langchain_spthink.engine.events import (
     BudgetEvent,
     DelegationEvent,
     DelegationKind,
     Event,
     FallbackEvent,
-    FinishEvent,
-    ModelUsage,
     StopReason,
 )
-from langchain_spthink.engine.judge import next_token_probabilities
-from langchain_spthink.engine.policies import BoundaryState, Decision, DelegationPolicy
-from langchain_spthink.engine.state import (
+from langchain_spthink.engine.judge import decide
+from langchain_spthink.engine.policies import Decision, DelegationPolicy
+from langchain_spthink.engine.report import finish_event
+from langchain_spthink.engine.state import Request, RunBase
+from langchain_spthink.engine.steps import (
+    Halt,
     Mode,
-    Request,
     Role,
-    RunBase,
-    _CloseReasoning,
-    _Finished,
-    _LargeBudget,
     _LargeFault,
     _PendingStep,
     _Step,
     _Track,
+    check_request,
+    ends_request,
 )
 from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
 
 __all__ = ["BEGIN_SHARE", "Mode", "Request", "Role", "SpeculativeEngine", "begin_budget"]
 
-BEGIN_SHARE = 2
-"""The large model's opening takes at most 1/BEGIN_SHARE of a request's ``max_tokens``."""
-
-
-def begin_budget(begin_tokens: int, max_tokens: int) -> int:
-    """Length of the large model's opening: ``begin_tokens``, capped at half of ``max_tokens``.
-
-    The paper's opening is 100 tokens whatever the budget; with a short budget (e.g. 20) that
-    would leave the small model nothing to write, so the opening never takes more than half.
-    0 (no opening) when ``max_tokens < 2``.
-    """
-    return min(begin_tokens, max_tokens // BEGIN_SHARE)
+Round = tuple[bool, str]
+"""Where the small model goes on after a boundary: (a boundary again right away, carried text)."""
 
 
 class SpeculativeEngine:
@@ -113,23 +117,7 @@ class SpeculativeEngine:
 
     def generate(self, request: Request) -> Iterator[Event]:
         """Run one request, yielding text, delegation and fallback events, then a finish event."""
-        if request.max_tokens <= 0:
-            raise InvalidRequestError(f"max_tokens must be positive, got {request.max_tokens}")
-        if any(not s for s in request.stop):
-            raise InvalidRequestError("stop strings must not be empty")
-        if request.answer_marker == "":
-            raise InvalidRequestError("answer_marker must not be empty (use None)")
-        if request.mode != "small" and self.large is None:
-            raise InvalidRequestError(f"mode {request.mode!r} needs a large model")
-        if request.mode != "large" and self.small is None:
-            raise InvalidRequestError(f"mode {request.mode!r} needs a small model")
-        roles = {"speculative": (self.small, self.large), "small": (self.small,)}
-        for model in roles.get(request.mode, (self.large,)):
-            if model is not None and request.max_tokens > model.context_length:
-                raise InvalidRequestError(
-                    f"max_tokens={request.max_tokens} exceeds the context window of "
-                    f"{model.name} ({model.context_length} tokens)"
-                )
+        check_request(request, self.small, self.large)
         run = _Run(self, request)
         try:
             yield from run.events()
@@ -141,68 +129,48 @@ class _Run(RunBase):
     """The steps of ALGORITHM.md over one request's state."""
 
     def events(self) -> Iterator[Event]:
-        reason: StopReason
         try:
-            if self.mode == "speculative":
-                yield from self._speculative()
-            else:
-                yield from self._solo(self.tracks[self.mode])
-            reason = "eos"  # pragma: no cover - loops only leave by _Finished
-        except _Finished as fin:
-            reason = fin.reason
+            reason = yield from self._phases()
         except _LargeFault as fault:
             raise LargeModelError(f"the large model failed: {fault.cause}") from fault.cause
         yield from self.out.drain(final=True)
-        self._count_discarded()
-        for track in self.tracks.values():
-            track.usage.forwarded_tokens = track.session.forwarded + track.forked_forwarded
-        yield FinishEvent(
-            stop_reason=reason,
-            text=self.out.text,
-            small=self.tracks["small"].usage if "small" in self.tracks else ModelUsage(),
-            large=self.tracks["large"].usage if "large" in self.tracks else ModelUsage(),
-            delegations=self.delegations,
-            seconds=self.clock() - self.started,
-            mode=self.mode,
-            extra={
-                "boundaries": float(self.boundaries),
-                "boundary_seconds": self.boundary_seconds,
-                **(
-                    {
-                        "concurrent_seconds_saved": self.saved,
-                        "concurrent_steps": float(self.concurrent_steps),
-                        "concurrent_steps_discarded": float(self.discarded_steps),
-                    }
-                    if self.engine.concurrent_drafts
-                    else {}
-                ),
-            },
-            budgets=self.budgets(),
-        )
+        yield finish_event(self, reason)
 
-    def _solo(self, track: _Track) -> Iterator[Event]:
-        try:
-            while not self.answer_switch:
-                yield from self._write(track, self.request.max_tokens, live=True)
-        except _CloseReasoning:
-            yield from self._close_reasoning()
-        yield from self._answer()
+    def _phases(self) -> Generator[Event, None, StopReason]:
+        """The reasoning (speculative, or one model alone), then the answer; how it ended."""
+        halt: Halt | None
+        if self.mode == "speculative":
+            halt = yield from self._speculative()
+            writer = self.tracks["small"]  # the small model goes on alone after it
+        else:
+            halt, writer = None, self.tracks[self.mode]
+        if halt is None:
+            halt = yield from self._solo(writer)
+        if halt == "reasoning_budget":
+            halt = yield from close_reasoning(self)
+        if halt is None:
+            halt = yield from write_answer(self)
+        assert ends_request(halt), halt  # the budgets halt phases above, never the answer
+        return halt
 
-    def _speculative(self) -> Iterator[Event]:
-        cfg = self.cfg
+    def _solo(self, track: _Track) -> Generator[Event, None, Halt | None]:
+        """One model writes the reasoning until the answer marker (``None``) or a halt."""
+        while not self.answer_switch:
+            step = yield from self._write(track, self.request.max_tokens, live=True)
+            if step.halt is not None:
+                return step.halt
+        return None
+
+    def _speculative(self) -> Generator[Event, None, Halt | None]:
+        """Speculative reasoning, then ``None`` when the small model goes on alone.
+
+        It does after a large-model fault (the fallback), once ``max_large_tokens`` is spent, and
+        at the answer marker; a halt that ends the request or the thinking budget is returned.
+        """
         try:
-            opening = begin_budget(cfg.begin_tokens, self.request.max_tokens) if cfg.begin else 0
-            if opening and not self.answer_switch:
-                yield from self._large_live("begin", opening, "begin")
-            at_boundary, carry = False, self._carry(0)
-            while not self.answer_switch:
-                if not at_boundary:
-                    yield from self._write(self.tracks["small"], 1 << 30, live=True, carry=carry)
-                if self.answer_switch:
-                    break
-                at_boundary, carry = yield from self._boundary()
+            halt = yield from self._steps()
         except _LargeFault as fault:
-            if cfg.fallback == "raise" or "small" not in self.tracks:
+            if self.cfg.fallback == "raise" or "small" not in self.tracks:
                 raise
             self.mode = "small"
             cause = fault.cause
@@ -212,13 +180,35 @@ class _Run(RunBase):
                 new_mode="small",
                 position=len(self.out.text),
             )
-        except _LargeBudget:
+            return None
+        if halt == "large_budget":
             yield from self._large_spent()
-        except _CloseReasoning:
-            yield from self._close_reasoning()
-        yield from self._solo(self.tracks["small"])
+            return None
+        return halt
 
-    def _boundary(self) -> Generator[Event, None, tuple[bool, str]]:
+    def _steps(self) -> Generator[Event, None, Halt | None]:
+        """ALGORITHM.md steps 1-4: the opening, then small writes to a trigger, then step 3."""
+        if self.cfg.begin:  # 1. the large model writes the opening
+            opening = begin_budget(self.cfg.begin_tokens, self.request.max_tokens)
+            if opening and not self.answer_switch:
+                halt = yield from self._large_live("begin", opening, "begin")
+                if halt is not None:
+                    return halt
+        at_boundary, carry = False, self._carry(0)
+        while not self.answer_switch:  # 4. repeat until a halt or the answer marker
+            if not at_boundary:  # 2. the small model writes until a trigger
+                step = yield from self._write(self.tracks["small"], 1 << 30, live=True, carry=carry)
+                if step.halt is not None:
+                    return step.halt
+            if self.answer_switch:
+                break
+            nxt = yield from self._boundary()  # 3. at a trigger
+            if isinstance(nxt, str):
+                return nxt
+            at_boundary, carry = nxt
+        return None
+
+    def _boundary(self) -> Generator[Event, None, Round | Halt]:
         """Step 3 at a trigger, timed (boundary latency). See :meth:`_boundary_step`."""
         started = self.clock()
         try:
@@ -227,62 +217,76 @@ class _Run(RunBase):
             self.boundaries += 1
             self.boundary_seconds += self.clock() - started
 
-    def _boundary_step(self) -> Generator[Event, None, tuple[bool, str]]:
-        """Step 3 at a trigger. Returns (boundary again right away, carried-over small text)."""
+    def _boundary_step(self) -> Generator[Event, None, Round | Halt]:
+        """Step 3 at a trigger: a recap, or a look-ahead draft the policy judges.
+
+        A neutral draft is kept (:meth:`_keep_neutral`); otherwise the large model writes the
+        step too (:meth:`_delegate`), concurrently with the draft when it can.
+        """
         cfg, small = self.cfg, self.tracks["small"]
-        self._check_budget(small)
-        self._check_large_budget()
+        halt = self._budget_stop(small) or self._large_budget_stop()
+        if halt is not None:
+            return halt
         start = len(self.out.text)
-        if self.negatives >= self.recap_after:
-            yield from self._insert(cfg.recap_prompt)
-            reason = f"{self.negatives} negative steps >= {self.recap_after}"
-            yield from self._large_live("recap", self.recap_budget, reason)
-            self.negatives = 0
-            self.recap_budget = min(self.recap_budget + cfg.recap_tokens_step, cfg.recap_tokens_max)
-            self.recap_after = min(self.recap_after + cfg.recap_after_step, cfg.recap_after_max)
-            return False, self._carry(start)
+        if self.recap.due(self.negatives):
+            return (yield from self._recap(start))
         if cfg.think_word:
-            yield from self._insert(cfg.think_word)
+            ended = yield from self._insert(cfg.think_word)
+            if ended is not None:
+                return ended
         position = len(self.out.text)
         draft: _Step | None = None
         decision = Decision(True, "not_reasoning: every step")
         # With not_reasoning + choose_large the small draft cannot change the outcome: skip it.
         pending: _PendingStep | None = None
         if not (cfg.not_reasoning and cfg.choose_large):
-            pending = start_large_step(self, cfg.draft_tokens)
+            started = start_large_step(self, cfg.draft_tokens)
+            if isinstance(started, str):
+                return started
+            pending = started
             try:
                 draft = yield from self._write(small, cfg.draft_tokens, live=False)
-                if not cfg.not_reasoning:
-                    decision = self._decide(draft)
+                if draft.halt is None and not cfg.not_reasoning:
+                    decision = decide(self, draft.text)
             except BaseException:
-                if pending is not None:
-                    pending.discard()
-                    self.discarded.append(pending)
+                self._drop(pending)
                 raise
+            if draft.halt is not None:
+                self._drop(pending)
+                return draft.halt
             if not decision.delegate:
                 if pending is not None:
-                    pending.discard()
-                    self.discarded.append(pending)
+                    self._drop(pending)
                     self.discarded_steps += 1
                 return (yield from self._keep_neutral(draft, start))
-        s = self._classify(draft.text) if draft is not None else None
+        return (yield from self._delegate(start, position, draft, decision, pending))
+
+    def _delegate(
+        self,
+        start: int,
+        position: int,
+        draft: _Step | None,
+        decision: Decision,
+        pending: _PendingStep | None,
+    ) -> Generator[Event, None, Round | Halt]:
+        """The large model writes the step too; the keep-large rule picks one; maybe verify."""
+        cfg = self.cfg
+        s = label(draft.text, cfg) if draft is not None else None
         if pending is not None:
             large = finish_large_step(self, pending)
             assert draft is not None
-            self.saved += max(0.0, draft.seconds + large.seconds - (self.clock() - pending.started))
+            if large.halt is None:
+                elapsed = self.clock() - pending.started
+                self.saved += max(0.0, draft.seconds + large.seconds - elapsed)
         else:
             large = yield from self._write(self.tracks["large"], cfg.draft_tokens, live=False)
-        l_label = self._classify(large.text)
-        keep_large = (
-            cfg.choose_large
-            or draft is None
-            # A policy delegated a draft without cue words (e.g. the judge): its call, not the
-            # cue labels', decides. (The keyword policy never delegates a neutral draft.)
-            or (s == 0 and not cfg.not_reasoning)
-            or (s is not None and ((s < 0 <= l_label) or (s > 0 > l_label)))
+        if large.halt is not None:
+            return large.halt
+        l_label = label(large.text, cfg)
+        large_kept = keep_large(
+            s, l_label, choose_large=cfg.choose_large, not_reasoning=cfg.not_reasoning
         )
-        kept_step = large if keep_large or draft is None else draft
-        kept_role: Role = "large" if keep_large else "small"
+        kept_role: Role = "large" if large_kept or draft is None else "small"
         self.delegations += 1
         delegation = DelegationEvent(
             kind="reflection",
@@ -298,51 +302,68 @@ class _Run(RunBase):
             reason=decision.reason,
             score=decision.score,
         )
-        try:
-            kept_step = yield from self._commit(self.tracks[kept_role], kept_step)
-        except _Finished:
-            yield delegation
-            raise
+        kept = large if kept_role == "large" or draft is None else draft
+        kept = yield from self._commit(self.tracks[kept_role], kept)
         yield delegation
-        if kept_step.eos:
-            raise _Finished("eos")
-        if self._classify(kept_step.text) < 0:
+        if kept.halt is not None:
+            return kept.halt
+        if label(kept.text, cfg) < 0:
             self.negatives += 1
         if self.answer_switch:
             return False, ""
-        if cfg.verify_tokens and contains_any(
-            kept_step.text, cfg.verify_words, word_boundary=cfg.word_boundary
-        ):
-            yield from self._large_live("verify", cfg.verify_tokens, "verify word in the step")
+        if wants_verify(kept.text, cfg):
+            halt = yield from self._large_live(
+                "verify", cfg.verify_tokens, "verify word in the step"
+            )
+            if halt is not None:
+                return halt
         return False, self._carry(start)
 
-    def _keep_neutral(self, draft: _Step, start: int) -> Generator[Event, None, tuple[bool, str]]:
+    def _recap(self, start: int) -> Generator[Event, None, Round | Halt]:
+        """Enough negative steps: the recap prompt, the large model recaps, the schedule grows."""
+        ended = yield from self._insert(self.cfg.recap_prompt)
+        if ended is not None:
+            return ended
+        reason = f"{self.negatives} negative steps >= {self.recap.after}"
+        halt = yield from self._large_live("recap", self.recap.budget, reason)
+        if halt is not None:
+            return halt
+        self.negatives = 0
+        self.recap = self.recap.next(self.cfg)
+        return False, self._carry(start)
+
+    def _keep_neutral(self, draft: _Step, start: int) -> Generator[Event, None, Round | Halt]:
         """Keep a neutral draft; a trigger inside it is the next boundary, as it would have been."""
         small = self.tracks["small"]
         region = self._carry(start)  # the think word, if any
-        cut = self._trigger_end(region + draft.text)
+        cut = trigger_end(region + draft.text, self.cfg.triggers)
         if cut is not None:
-            n = next(i for i, end in enumerate(draft.ends) if end >= cut - len(region)) + 1
+            n = ids_covering(draft.ends, cut - len(region))
             small.session.truncate(draft.start + n)
             draft = draft.cut(n)
         draft = yield from self._commit(small, draft)
-        if draft.eos:
-            raise _Finished("eos")
+        if draft.halt is not None:
+            return draft.halt
         return (True, "") if cut is not None else (False, self._carry(start))
 
+    def _drop(self, pending: _PendingStep | None) -> None:
+        """Discard a concurrent large step nobody will see (its tokens are counted at the end)."""
+        if pending is not None:
+            pending.discard()
+            self.discarded.append(pending)
+
     def _carry(self, start: int) -> str:
-        """Output text of the current round: since ``start``, after the last trigger in it.
+        """Output text of the current round: since ``start``, after the last trigger in it."""
+        return carry_text(self.out.text[start:], self.cfg.triggers)
 
-        The small model's next write scans it with its own text, so a trigger split between a
-        kept step and the small model's first token is a boundary too.
-        """
-        text = self.out.text[start:]
-        ends = [text.rfind(t) + len(t) for t in self.cfg.triggers if t in text]
-        return text[max(ends) :] if ends else text
-
-    def _large_live(self, kind: DelegationKind, budget: int, reason: str) -> Iterator[Event]:
+    def _large_live(
+        self, kind: DelegationKind, budget: int, reason: str
+    ) -> Generator[Event, None, Halt | None]:
+        """The large model writes into the output (begin, verify, recap): one delegation."""
         large = self.tracks["large"]
-        self._check_budget(large)
+        halt = self._budget_stop(large)
+        if halt is not None:
+            return halt
         position, kept_before, started = len(self.out.text), large.usage.kept_tokens, self.clock()
 
         def event() -> DelegationEvent:
@@ -355,7 +376,7 @@ class _Run(RunBase):
                 large_text=text,
                 kept="large",
                 small_label=None,
-                large_label=self._classify(text),
+                large_label=label(text, self.cfg),
                 small_tokens=0,
                 large_tokens=large.usage.kept_tokens - kept_before,
                 seconds=self.clock() - started,
@@ -363,43 +384,17 @@ class _Run(RunBase):
             )
 
         try:
-            yield from self._write(large, budget, live=True, stop_at_trigger=False)
-        except (_Finished, _LargeFault, _LargeBudget, _CloseReasoning) as exc:
-            if isinstance(exc, _Finished) or large.usage.kept_tokens > kept_before:
+            step = yield from self._write(large, budget, live=True)
+        except _LargeFault:
+            if large.usage.kept_tokens > kept_before:
                 yield event()
             raise
-        yield event()
+        # Reported when it ended the request or wrote something before a budget stopped it.
+        if step.halt is None or ends_request(step.halt) or large.usage.kept_tokens > kept_before:
+            yield event()
+        return step.halt
 
-    # ------------------------------------------------------------ policies, budgets, answer
-    def _decide(self, draft: _Step) -> Decision:
-        """Ask the policy about a small draft (the judge runs on the large model's cache)."""
-        large = self.tracks.get("large")
-        state = BoundaryState(
-            draft=draft.text,
-            output=self.out.text,
-            delegations=self.delegations,
-            negatives=self.negatives,
-            tokens=self.kept_tokens,
-            large_tokens=large.usage.generated_tokens if large else 0,
-        )
-        if not self.policy.needs_judge:
-            return self.policy.decide(state, None)
-        try:
-            return self.policy.decide(state, self._judge)
-        except (_Finished, _LargeFault):
-            raise
-        except Exception as exc:
-            raise _LargeFault(exc) from exc
-
-    def _judge(self, draft: str, prompt: str, choices: Sequence[str]) -> list[float]:
-        """The :class:`~langchain_spthink.engine.policies.Judge` of this request (large model)."""
-        track = self.tracks["large"]
-        self._sync(track)
-        try:
-            return next_token_probabilities(track.session, track.backend, draft + prompt, choices)
-        finally:
-            track.synced = self.out.version  # cropped back to the synced sequence
-
+    # ------------------------------------------------------------ budgets
     def _large_spent(self) -> Iterator[Event]:
         """``max_large_tokens`` is spent: say so once and go on in small mode."""
         limit = self.cfg.max_large_tokens
@@ -412,41 +407,3 @@ class _Run(RunBase):
             spent=self.tracks["large"].usage.generated_tokens,
             position=len(self.out.text),
         )
-
-    def _close_reasoning(self) -> Iterator[Event]:
-        """The thinking budget is spent: close the reasoning; the answer follows."""
-        cfg, marker = self.cfg, self.request.answer_marker
-        assert cfg.max_reasoning_tokens is not None
-        self.reasoning_exhausted = True
-        self._end_reasoning()
-        self.answer_switch = True
-        yield BudgetEvent(
-            budget="max_reasoning_tokens",
-            limit=cfg.max_reasoning_tokens,
-            spent=self.kept_tokens,
-            position=len(self.out.text),
-        )
-        close = cfg.reasoning_close
-        if close is None:
-            close = f"\n{marker}\n\n" if marker else "\n\nFinal answer: "
-        yield from self._insert(close)
-
-    def _answer(self) -> Iterator[Event]:
-        """One model writes the rest (the answer), under the request's constraint if any."""
-        self.answering = True
-        if self.in_reasoning:
-            self._end_reasoning()  # the whole output is the answer
-        track = self.tracks["large"] if self.mode == "large" else self.tracks["small"]
-        factory = self.request.constraint
-        constraint = factory(track.backend) if factory is not None else None
-        limit = getattr(constraint, "limit", None)
-        if callable(limit):  # optional: lets the constraint finish within the tokens left
-            limit(self._room(track, self.request.max_tokens))
-        while True:
-            yield from self._write(
-                track,
-                self.request.max_tokens,
-                live=True,
-                stop_at_trigger=False,
-                constraint=constraint,
-            )

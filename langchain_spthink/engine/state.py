@@ -1,68 +1,50 @@
 """The state of one request and the primitives the control loop is written in.
 
-:class:`Request` is one request in token ids. :class:`RunBase` owns a request's shared output,
-one :class:`_Track` (session + usage) per model and the counters of ALGORITHM.md. Its primitives
-write, commit and insert text and run a large step in the background;
-:class:`langchain_spthink.engine.loop._Run` composes them into the algorithm.
-Control flow out of a step is by exception: :class:`_Finished` ends the request,
-:class:`_LargeFault` is a large-model failure, :class:`_LargeBudget` / :class:`_CloseReasoning`
-are exhausted budgets.
+:class:`RunBase` owns a request's shared output, one :class:`~.steps._Track` (session + usage)
+per model and the counters of ALGORITHM.md. Its primitives write, commit and insert text and keep
+each session in step with the output; :class:`langchain_spthink.engine.loop._Run` composes them
+into the algorithm. A write returns a :class:`~.steps._Step` that says why it stopped and, when
+that ends the current phase, its :data:`~.steps.Halt` (the request's end, or a spent budget):
+ordinary outcomes are values. The one exception is :class:`~.steps._LargeFault`, a failure of
+the large model. :class:`~.steps.Request` is re-exported here.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Protocol
 
-from langchain_spthink.backends.base import Backend, Session, close_stream
-from langchain_spthink.engine.cues import classify
+from langchain_spthink.backends.base import Backend, close_stream, reseed
+from langchain_spthink.engine.decisions import (
+    Recap,
+    ids_covering,
+    marker_end,
+    step_seed,
+    trigger_end,
+)
 from langchain_spthink.engine.detok import IncrementalDetokenizer
-from langchain_spthink.engine.events import Author, Event, ModelUsage, StopReason
+from langchain_spthink.engine.events import Author, Event, ModelUsage
 from langchain_spthink.engine.handoff import resync
-from langchain_spthink.engine.output import SharedOutput
+from langchain_spthink.engine.output import OutputEnd, SharedOutput
 from langchain_spthink.engine.policies import DelegationPolicy, policy_from_config
 from langchain_spthink.engine.sampling import SamplingParams
+from langchain_spthink.engine.steps import (
+    Halt,
+    Mode,
+    Request,
+    Role,
+    _LargeFault,
+    _PendingStep,
+    _Step,
+    _Track,
+)
+
+__all__ = ["EngineParts", "Mode", "Request", "Role", "RunBase"]
 
 if TYPE_CHECKING:
-    from langchain_spthink.backends.base import ConstraintFactory
     from langchain_spthink.engine.config import SpeculativeThinkingConfig
     from langchain_spthink.engine.sampling import TokenConstraint
-
-Role = Literal["small", "large"]
-Mode = Literal["speculative", "small", "large"]
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generation request, in token ids.
-
-    Attributes:
-        small_prompt: The prompt in the small model's tokenizer and chat template.
-        large_prompt: The prompt in the large model's tokenizer and chat template.
-        max_tokens: Budget of generated output tokens (the prompt does not count).
-        sampling: Sampling of both models (the large model's seed is ``seed + 1``).
-        stop: Stop strings; the output ends before the first one.
-        mode: ``speculative``, or one model alone (``small`` / ``large``).
-        constraint: Builds the constraint the answer is decoded under (for the model that
-            writes it); ``None``: unconstrained.
-        answer_marker: Text after which the answer starts (e.g. ``"</think>"``); ``None``: the
-            whole output is the answer. The reasoning before it runs speculatively; with a
-            constraint, one model (small, or large in large mode) writes the answer under it.
-        policy: The delegation policy of this request (``None``: the engine's).
-    """
-
-    small_prompt: Sequence[int]
-    large_prompt: Sequence[int]
-    max_tokens: int = 512
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    stop: tuple[str, ...] = ()
-    mode: Mode = "speculative"
-    constraint: ConstraintFactory | None = None
-    answer_marker: str | None = None
-    policy: DelegationPolicy | None = None
 
 
 class EngineParts(Protocol):
@@ -79,63 +61,6 @@ class EngineParts(Protocol):
     share_ids: bool
     executor: Executor | None
     concurrent_drafts: bool
-
-
-class _Finished(Exception):
-    def __init__(self, reason: StopReason) -> None:
-        self.reason = reason
-
-
-class _LargeFault(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        self.cause = cause
-
-
-class _LargeBudget(Exception):
-    """``max_large_tokens`` is spent: the request goes on in small mode."""
-
-
-class _CloseReasoning(Exception):
-    """``max_reasoning_tokens`` is spent: the reasoning is closed and the answer follows."""
-
-
-@dataclass
-class _Track:
-    role: Role
-    backend: Backend
-    session: Session
-    prompt_len: int
-    usage: ModelUsage
-    sampling: SamplingParams
-    synced: int = 0  # version of the shared output the session's ids reflect
-    forked_forwarded: int = 0  # positions forwarded by throw-away sessions (concurrent steps)
-
-
-@dataclass
-class _PendingStep:
-    """A large-model step running in the executor on a throw-away session."""
-
-    future: Future[tuple[list[int], int, float]]
-    stop: threading.Event
-    started: float
-
-    def discard(self) -> None:
-        self.stop.set()  # the worker closes its stream at the next token
-
-
-@dataclass
-class _Step:
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    ends: list[int] = field(default_factory=list)  # len(text) after each id
-    start: int = 0  # session length before the step
-    eos: bool = False
-    trigger: bool = False
-    seconds: float = 0.0
-
-    def cut(self, n: int) -> _Step:
-        """The first ``n`` ids of this step (n >= 1)."""
-        return _Step(self.ids[:n], self.text[: self.ends[n - 1]], self.ends[:n], self.start)
 
 
 class RunBase:
@@ -167,8 +92,7 @@ class RunBase:
         self.kept_tokens = 0
         self.delegations = 0
         self.negatives = 0
-        self.recap_budget = cfg.recap_tokens
-        self.recap_after = cfg.recap_after_negatives
+        self.recap = Recap.first(cfg)
         self.max_trigger = max(len(t) for t in cfg.triggers)
         # Phases: reasoning until the answer marker (or the thinking budget); `answer_switch`
         # asks the loop to hand the rest to one (possibly constrained) writer, `answering` is set
@@ -180,23 +104,19 @@ class RunBase:
         self.large_exhausted = False
         self.reasoning_exhausted = False
         self.tracks: dict[Role, _Track] = {}
-        seed = request.sampling.seed
+        self.sampling = cfg.sampling() if request.sampling is None else request.sampling
         try:
             if request.mode != "large" and engine.small is not None:
-                self.tracks["small"] = self._open("small", engine.small, request.small_prompt, seed)
+                self.tracks["small"] = self._open("small", engine.small, request.small_prompt)
             if request.mode != "small" and engine.large is not None:
-                large_seed = None if seed is None else seed + 1
-                self.tracks["large"] = self._open(
-                    "large", engine.large, request.large_prompt, large_seed
-                )
+                self.tracks["large"] = self._open("large", engine.large, request.large_prompt)
         except BaseException:
             self.close()
             raise
 
-    def _open(
-        self, role: Role, backend: Backend, prompt: Sequence[int], seed: int | None
-    ) -> _Track:
-        base = self.request.sampling
+    def _open(self, role: Role, backend: Backend, prompt: Sequence[int]) -> _Track:
+        base = self.sampling
+        seed = step_seed(base.seed, role, 0)
         sampling = SamplingParams(base.temperature, base.top_p, base.top_k, seed)
         session = backend.new_session(prompt, sampling)
         usage = ModelUsage(prompt_tokens=len(prompt))
@@ -207,45 +127,41 @@ class RunBase:
         for track in self.tracks.values():
             track.session.close()
 
-    def budgets(self) -> dict[str, int | bool]:
-        """Limits, spending and exhaustion of the configured budgets (for the finish event)."""
-        cfg, report = self.cfg, dict[str, int | bool]()
-        if cfg.max_large_tokens is not None:
-            large = self.tracks.get("large")
-            report["max_large_tokens"] = cfg.max_large_tokens
-            report["large_tokens"] = large.usage.generated_tokens if large else 0
-            report["large_exhausted"] = self.large_exhausted
-        if cfg.max_reasoning_tokens is not None:
-            report["max_reasoning_tokens"] = cfg.max_reasoning_tokens
-            spent = self.kept_tokens if self.reasoning_tokens is None else self.reasoning_tokens
-            report["reasoning_tokens"] = spent
-            report["reasoning_exhausted"] = self.reasoning_exhausted
-        return report
-
     # ------------------------------------------------------------ primitives
-    def _classify(self, text: str) -> int:
-        cfg = self.cfg
-        return classify(
-            text,
-            positive=cfg.positive_words,
-            negative=cfg.negative_words,
-            verify=cfg.verify_words,
-            word_boundary=cfg.word_boundary,
-        )
+    def _step_seed(self, track: _Track) -> int | None:
+        """Count a sampled step of ``track``; its seed, or ``None`` to keep the session's.
 
-    def _trigger_end(self, text: str, start: int = 0) -> int | None:
-        ends = [text.find(t, start) for t in self.cfg.triggers]
-        found = [e + len(t) for e, t in zip(ends, self.cfg.triggers, strict=True) if e >= 0]
-        return min(found) if found else None
+        Step 0 samples with the seed the session opened with; greedy and unseeded requests
+        keep theirs (greedy draws nothing, unseeded ones draw fresh).
+        """
+        step = track.steps
+        track.steps += 1
+        if step == 0 or self.sampling.greedy:
+            return None
+        return step_seed(self.sampling.seed, track.role, step)
 
+    # `_Track.synced` is set here only: it is the output version the session's ids reflect, or
+    # -1 while the session holds an uncommitted draft (then the next `_sync` re-synchronises).
     def _sync(self, track: _Track) -> None:
+        """Make ``track``'s session hold prompt + output (a no-op when it already does)."""
         if track.synced == self.out.version:
             return
         target = self.out.ids if self.out.ids is not None else track.backend.encode(self.out.text)
         resync(track.session, track.prompt_len, target)
+        self._mark_synced(track)
+
+    def _mark_synced(self, track: _Track) -> None:
+        """``track``'s session holds prompt + output as it stands now."""
         track.synced = self.out.version
 
-    def _append(self, author: Author, text: str, ids: Sequence[int]) -> Iterator[Event]:
+    def _mark_draft(self, track: _Track) -> None:
+        """``track``'s session holds a draft that is not in the output (until committed)."""
+        track.synced = -1
+
+    def _append(
+        self, author: Author, text: str, ids: Sequence[int]
+    ) -> Generator[Event, None, OutputEnd | None]:
+        """Append to the output and stream what is safe; returns why the output ended, if it did."""
         before = len(self.out.text)
         ended = self.out.append(author, text, ids)
         marker = self.request.answer_marker
@@ -254,17 +170,17 @@ class RunBase:
                 self._end_reasoning()
                 self.answer_switch = self.answer_switch or self.request.constraint is not None
         yield from self.out.drain(final=False)
-        if ended is not None:
-            raise _Finished(ended)
+        return ended
 
     def _end_reasoning(self) -> None:
         self.in_reasoning = False
         self.reasoning_tokens = self.kept_tokens
 
-    def _insert(self, text: str) -> Iterator[Event]:
+    def _insert(self, text: str) -> Generator[Event, None, OutputEnd | None]:
+        """Insert text written by no model (recap prompt, think word, reasoning close)."""
         encode = next(iter(self.tracks.values())).backend.encode  # ids are shared: any model
         ids = encode(text) if self.out.ids is not None else []
-        yield from self._append("inserted", text, ids)
+        return (yield from self._append("inserted", text, ids))
 
     def _cut_at_marker(self, track: _Track, step: _Step) -> _Step:
         """A step that writes the answer marker, cut after the token that completes it.
@@ -274,22 +190,25 @@ class RunBase:
         marker = self.request.answer_marker
         if not (self.in_reasoning and marker and self.request.constraint and step.ids):
             return step
-        text = self.out.text
-        tail = text[max(0, len(text) - len(marker) + 1) :] if len(marker) > 1 else ""
-        found = (tail + step.text).find(marker)
-        if found < 0:
+        end = marker_end(self.out.text, step.text, marker)
+        if end is None:
             return step
-        end = found + len(marker) - len(tail)
-        n = next((i for i, e in enumerate(step.ends) if e >= end), len(step.ids) - 1) + 1
+        n = ids_covering(step.ends, end, default=len(step.ids) - 1)
         track.session.truncate(step.start + n)
         return step.cut(n)
 
     def _commit(self, track: _Track, step: _Step) -> Generator[Event, None, _Step]:
+        """Put a drafted step into the output; its ``halt`` is set when it ends the request."""
         step = self._cut_at_marker(track, step)
         track.usage.kept_tokens += len(step.ids)
         self.kept_tokens += len(step.ids)
-        yield from self._append(track.role, step.text, step.ids)
-        track.synced = self.out.version
+        ended = yield from self._append(track.role, step.text, step.ids)
+        if ended is not None:
+            step.stop = step.halt = ended
+        elif step.eos:
+            step.stop = step.halt = "eos"
+        else:
+            self._mark_synced(track)
         return step
 
     def _write(
@@ -298,25 +217,34 @@ class RunBase:
         max_new: int,
         *,
         live: bool,
-        stop_at_trigger: bool | None = None,
         carry: str = "",
         constraint: TokenConstraint | None = None,
     ) -> Generator[Event, None, _Step]:
         """Let one model write up to ``max_new`` tokens.
 
-        ``live`` steps go into the output token by token (and stop on a trigger when
-        ``stop_at_trigger``, default: live small writes in speculative mode); other steps are
-        drafts returned uncommitted. ``carry`` is text of the current round already in the output.
-        A live step also stops when the answer marker asks for the answer writer. Raises
-        ``_Finished`` for a live step that ends the request, ``_LargeFault`` for failures of the
-        large model, ``_LargeBudget`` / ``_CloseReasoning`` when a budget is spent.
+        ``live`` steps go into the output token by token; other steps are drafts returned
+        uncommitted. The small model's live reasoning steps in speculative mode stop at a
+        trigger (``carry``: text of the current round already in the output); a live step also
+        stops when the answer marker asks for the answer writer.
+
+        Returns:
+            The step, with why it stopped (``stop``) and, when that ends the phase, ``halt``: a
+            budget spent before or after it, the deadline, and for a live step EOS, a stop
+            string or a complete constraint. A draft's EOS is only ``stop``/``eos``.
+
+        Raises:
+            _LargeFault: The large model failed or ran over ``large_step_timeout``.
         """
-        if stop_at_trigger is None:
-            stop_at_trigger = live and self.mode == "speculative" and track.role == "small"
-        self._check_budget(track)
+        # Only the speculative reasoning looks for triggers (not the answer, nor the large model).
+        stop_at_trigger = (
+            live and self.mode == "speculative" and track.role == "small" and not self.answering
+        )
+        halt = self._budget_stop(track)
+        if halt is not None:
+            return _Step(start=len(track.session.ids), stop=halt, halt=halt)
         self._sync(track)
         if not live:
-            track.synced = -1  # a draft is not in the output until committed
+            self._mark_draft(track)
         session = track.session
         budget = self._room(track, max_new)
         step = _Step(start=len(session.ids))
@@ -329,6 +257,9 @@ class RunBase:
             else None
         )
         round_text = carry
+        seed = self._step_seed(track)
+        if seed is not None:
+            reseed(session, seed)
         stream = (
             session.stream(budget)
             if constraint is None
@@ -338,7 +269,7 @@ class RunBase:
             for token in stream:
                 track.usage.generated_tokens += 1
                 if token in track.backend.eos_ids:
-                    step.eos = True
+                    step.eos, step.stop = True, "eos"
                     break
                 step.ids.append(token)
                 delta = detok.push(token)
@@ -347,26 +278,31 @@ class RunBase:
                 if live:
                     track.usage.kept_tokens += 1
                     self.kept_tokens += 1
-                    yield from self._append(track.role, delta, [token])
-                    track.synced = self.out.version
+                    ended = yield from self._append(track.role, delta, [token])
+                    if ended is not None:
+                        step.stop = step.halt = ended
+                        break
+                    self._mark_synced(track)
                     if self.answer_switch and not self.answering:
-                        step.trigger = True
+                        step.stop = "marker"
                         break
                 if constraint is not None and constraint.done:
+                    step.stop = "done"
                     break
                 if stop_at_trigger and delta:
                     scan_from = max(0, len(round_text) - self.max_trigger + 1)
                     round_text += delta
-                    if self._trigger_end(round_text, scan_from) is not None:
-                        step.trigger = True
+                    if trigger_end(round_text, self.cfg.triggers, scan_from) is not None:
+                        step.stop = "trigger"
                         break
                 now = self.clock()
                 if step_deadline is not None and now > step_deadline:
                     raise TimeoutError(f"large-model step exceeded {self.cfg.large_step_timeout} s")
                 if self.deadline is not None and now > self.deadline:
-                    raise _Finished("timeout")
-            tail = detok.flush()
-        except (_Finished, GeneratorExit):
+                    step.stop = step.halt = "timeout"
+                    break
+            tail = detok.flush() if step.halt is None else ""  # an ended output takes no more
+        except GeneratorExit:
             raise
         except Exception as exc:
             if is_large:
@@ -376,17 +312,24 @@ class RunBase:
             close_stream(stream)
             step.seconds = self.clock() - started
             track.usage.seconds += step.seconds
+        if step.halt is not None:
+            return step
         if tail:
             step.text += tail
             if step.ends:
                 step.ends[-1] = len(step.text)
             if live:
-                yield from self._append(track.role, tail, [])
-                track.synced = self.out.version
+                ended = yield from self._append(track.role, tail, [])
+                if ended is not None:
+                    step.stop = step.halt = ended
+                    return step
+                self._mark_synced(track)
         if live and (step.eos or (constraint is not None and constraint.done)):
-            raise _Finished("eos")
-        if live and not step.trigger:
-            self._check_budget(track)
+            step.halt = "eos"
+        elif live and step.stop not in ("trigger", "marker"):
+            halt = self._budget_stop(track)
+            if halt is not None:
+                step.stop = step.halt = halt
         return step
 
     def _room(self, track: _Track, max_new: int) -> int:
@@ -407,41 +350,27 @@ class RunBase:
             room = min(room, cfg.max_large_tokens - track.usage.generated_tokens)
         return room
 
-    def _check_budget(self, track: _Track) -> None:
+    def _budget_stop(self, track: _Track) -> Halt | None:
+        """What stops ``track`` from writing now (first of: the deadline, the budgets), if any."""
         cfg = self.cfg
         if self.deadline is not None and self.clock() > self.deadline:
-            raise _Finished("timeout")
+            return "timeout"
         if self.kept_tokens >= self.request.max_tokens:
-            raise _Finished("length")
+            return "length"
         if len(track.session.ids) >= track.backend.context_length:
-            raise _Finished("context")
+            return "context"
         if (
             self.in_reasoning
             and cfg.max_reasoning_tokens is not None
             and self.kept_tokens >= cfg.max_reasoning_tokens
         ):
-            raise _CloseReasoning
-        if track.role == "large":
-            self._check_large_budget()
+            return "reasoning_budget"
+        return self._large_budget_stop() if track.role == "large" else None
 
-    def _count_discarded(self) -> None:
-        """Add the tokens of finished, discarded concurrent steps to the large model's usage.
-
-        They were generated (and paid for) even though nobody saw them; steps still stopping
-        when the request ends are not counted.
-        """
-        large = self.tracks.get("large")
-        for pending in self.discarded:
-            future = pending.future
-            if large is None or not future.done() or future.exception() is not None:
-                continue
-            ids, forwarded, _ = future.result()
-            large.usage.generated_tokens += len(ids)
-            large.forked_forwarded += forwarded
-        self.discarded.clear()
-
-    def _check_large_budget(self) -> None:
+    def _large_budget_stop(self) -> Halt | None:
+        """``large_budget`` once the large model has generated ``max_large_tokens``."""
         limit, large = self.cfg.max_large_tokens, self.tracks.get("large")
         if self.mode == "speculative" and limit is not None and large is not None:
             if large.usage.generated_tokens >= limit:
-                raise _LargeBudget
+                return "large_budget"
+        return None

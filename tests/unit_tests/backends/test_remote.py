@@ -498,3 +498,16 @@ def test_concurrent_drafts_same_output_and_time_saved(
     # thread starts the large step (both sleep, so overlap): a draft sleeps >= 6 x 0.03 s, and a
     # thread starts within milliseconds even on a CPU loaded 10x, so some time is saved.
     assert conc.extra["concurrent_seconds_saved"] > 0
+
+
+def test_reseed_sends_the_new_seed_with_the_next_request(
+    server: FakeServer, make: Callable[..., RemoteBackend]
+) -> None:
+    server.actions = [("stream", ["a"], "length", None), ("stream", ["b"], "length", None)]
+    backend = make()
+    session = backend.new_session(prompt(backend), SamplingParams(temperature=0.7, seed=5))
+    list(session.stream(1))
+    session.reseed(77)
+    list(session.stream(1))
+    assert [r["seed"] for r in server.requests] == [5, 77]
+    assert server.requests[1]["temperature"] == 0.7  # only the seed changes
