@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -353,6 +354,10 @@ class RemoteSession(SequenceSession):
         it reports usage, else the local count of the whole sequence per request.
         """
         return self._forwarded
+
+    def reseed(self, seed: int | None) -> None:
+        """Send ``seed`` with the following completion requests (``None``: none)."""
+        self.sampling = replace(self.sampling, seed=seed)
 
     def close(self) -> None:
         """Mark the session closed (the backend's connection pool stays open)."""
