@@ -27,7 +27,7 @@ from langchain_spthink.engine.detok import IncrementalDetokenizer
 from langchain_spthink.engine.events import Author, Event, ModelUsage
 from langchain_spthink.engine.handoff import resync
 from langchain_spthink.engine.output import OutputEnd, SharedOutput
-from langchain_spthink.engine.policies import DelegationPolicy, policy_from_config
+from langchain_spthink.engine.policies import DelegationPolicy, resolve_policy
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.engine.steps import (
     Halt,
@@ -70,7 +70,7 @@ class RunBase:
         self.engine = engine
         self.cfg = cfg = engine.config
         self.request = request
-        self.policy: DelegationPolicy = request.policy or engine.policy or policy_from_config(cfg)
+        self.policy: DelegationPolicy = resolve_policy(cfg, request.policy or engine.policy)
         self.clock = engine.clock
         self.mode: Mode = request.mode
         self.started = self.clock()

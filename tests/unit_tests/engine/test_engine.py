@@ -463,3 +463,15 @@ def test_large_step_that_opens_a_new_question_ends_the_answer() -> None:
     assert text == "A.\n\n" and finish_of(events).stop_reason == "eos"
     (d,) = delegations(events)
     assert d.kept == "large" and d.large_text.startswith("Question:")
+
+
+def test_a_keyword_policy_with_other_words_than_the_config_is_refused() -> None:
+    from langchain_spthink import ConfigError, KeywordPolicy
+
+    small = ScriptedBackend(["A.\n\n", "Wait x y z.\n\n"], name="s")
+    large = ScriptedBackend(["L.\n\n", "Hmm p q r.\n\n"], name="l")
+    engine = SpeculativeEngine(small, large, policy=KeywordPolicy(negative_words=("aber",)))
+    prompt = small.encode("Q: go")
+    with pytest.raises(ConfigError, match="cue words"):
+        list(engine.generate(Request(prompt, prompt, 20, GREEDY)))
+    assert all(s.closed for s in small.sessions + large.sessions)  # nothing left open
