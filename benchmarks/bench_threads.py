@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 from langchain_spthink.backends.transformers import TransformersBackend
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.events import FinishEvent
-from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.loop import Request
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.threads import available_cores, default_threads
 

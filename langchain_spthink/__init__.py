@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "paper_reasoning": "langchain_spthink.engine.config",
     "preset": "langchain_spthink.engine.config",
     "Request": "langchain_spthink.engine.state",
-    "SpeculativeEngine": "langchain_spthink.engine.loop",
+    "SpeculativeEngine": "langchain_spthink.engine.api",
     "BackendError": "langchain_spthink.errors",
     "ConfigError": "langchain_spthink.errors",
     "HandoffError": "langchain_spthink.errors",
@@ -84,6 +84,7 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs; never executed
         SpeculativeThinkingCallbackHandler,
     )
     from langchain_spthink.chat.model import ChatSpeculativeThinking
+    from langchain_spthink.engine.api import SpeculativeEngine
     from langchain_spthink.engine.config import (
         PRESETS,
         SpeculativeThinkingConfig,
@@ -99,7 +100,6 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs; never executed
         ModelUsage,
         TextEvent,
     )
-    from langchain_spthink.engine.loop import SpeculativeEngine
     from langchain_spthink.engine.policies import (
         BoundaryState,
         Decision,

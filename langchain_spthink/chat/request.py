@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 from langchain_spthink.backends.base import Backend, ConstraintFactory
 from langchain_spthink.chat.reasoning import opens_reasoning
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
-from langchain_spthink.engine.loop import Mode, Request, Role, SpeculativeEngine
+from langchain_spthink.engine.loop import Mode, Request, Role
 from langchain_spthink.engine.policies import DelegationPolicy
 from langchain_spthink.errors import ConfigError, InvalidRequestError, SpThinkError
 

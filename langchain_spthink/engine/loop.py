@@ -1,8 +1,9 @@
 """The speculative-thinking control loop (ALGORITHM.md) as a generator of typed events.
 
-The engine speaks token ids; backends own tokenizers and caches. One request is one
-:class:`_Run`: a shared output (text, plus ids when both models share a tokenizer), one session per
-model, and the counters of the algorithm (state and primitives, and :class:`Request`, in
+The engine speaks token ids; backends own tokenizers and caches. One request of a
+:class:`~langchain_spthink.engine.api.SpeculativeEngine` is one :class:`_Run`: a shared output
+(text, plus ids when both models share a tokenizer), one session per model, and the counters of
+the algorithm (state and primitives, and :class:`Request`, in
 :mod:`langchain_spthink.engine.state`). The loop reads top to bottom like ALGORITHM.md: the
 decisions are pure functions (:mod:`~langchain_spthink.engine.decisions`), concurrent drafts
 (:mod:`~langchain_spthink.engine.concurrent`) and the answer phase
@@ -14,15 +15,10 @@ about LangChain or threads.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Executor
-from typing import Literal
+from collections.abc import Generator, Iterator
 
-from langchain_spthink.backends.base import Backend
 from langchain_spthink.engine.answer import close_reasoning, write_answer
 from langchain_spthink.engine.concurrent import finish_large_step, start_large_step
-from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.decisions import (
     BEGIN_SHARE,
     begin_budget,
@@ -42,7 +38,7 @@ from langchain_spthink.engine.events import (
     StopReason,
 )
 from langchain_spthink.engine.judge import decide
-from langchain_spthink.engine.policies import Decision, DelegationPolicy
+from langchain_spthink.engine.policies import Decision
 from langchain_spthink.engine.report import finish_event
 from langchain_spthink.engine.state import Request, RunBase
 from langchain_spthink.engine.steps import (
@@ -53,76 +49,14 @@ from langchain_spthink.engine.steps import (
     _PendingStep,
     _Step,
     _Track,
-    check_request,
     ends_request,
 )
-from langchain_spthink.errors import HandoffError, InvalidRequestError, LargeModelError
+from langchain_spthink.errors import LargeModelError
 
-__all__ = ["BEGIN_SHARE", "Mode", "Request", "Role", "SpeculativeEngine", "begin_budget"]
+__all__ = ["BEGIN_SHARE", "Mode", "Request", "Role", "begin_budget"]
 
 Round = tuple[bool, str]
 """Where the small model goes on after a boundary: (a boundary again right away, carried text)."""
-
-
-class SpeculativeEngine:
-    """Runs speculative thinking over two backends.
-
-    Args:
-        small: The small (speculative) model; may be ``None`` for large-only use.
-        large: The large (target) model; may be ``None`` for small-only use.
-        config: The algorithm's knobs.
-        handoff: ``ids`` (same tokenizer), ``text`` (re-tokenize), or ``auto`` (ids iff the
-            tokenizers are equal).
-        clock: Monotonic clock (injectable for tests).
-        executor: Runs the large model's step at a boundary while the small model drafts
-            (concurrent drafts); ``None`` runs them one after the other.
-        concurrent_drafts: Use ``executor`` for large steps; default: when the large backend
-            is remote (``is_remote``), whose steps are network-bound and open cheap sessions.
-        policy: The delegation policy (default: the one ``config.policy`` names).
-    """
-
-    def __init__(
-        self,
-        small: Backend | None,
-        large: Backend | None,
-        config: SpeculativeThinkingConfig | None = None,
-        *,
-        handoff: Literal["auto", "ids", "text"] = "auto",
-        clock: Callable[[], float] = time.monotonic,
-        executor: Executor | None = None,
-        concurrent_drafts: bool | None = None,
-        policy: DelegationPolicy | None = None,
-    ) -> None:
-        self.small = small
-        self.large = large
-        self.config = config or SpeculativeThinkingConfig()
-        self.clock = clock
-        self.executor = executor
-        self.policy = policy
-        if concurrent_drafts is None:
-            concurrent_drafts = bool(getattr(large, "is_remote", False))
-        self.concurrent_drafts = concurrent_drafts and executor is not None
-        if small is None and large is None:
-            raise InvalidRequestError("an engine needs at least one model")
-        same = (
-            small is not None
-            and large is not None
-            and small.tokenizer_fingerprint == large.tokenizer_fingerprint
-        )
-        if handoff == "ids" and small is not None and large is not None and not same:
-            raise HandoffError(
-                f"handoff='ids' needs one tokenizer, but {small.name} and {large.name} differ"
-            )
-        self.share_ids = same if handoff == "auto" else handoff == "ids"
-
-    def generate(self, request: Request) -> Iterator[Event]:
-        """Run one request, yielding text, delegation and fallback events, then a finish event."""
-        check_request(request, self.small, self.large)
-        run = _Run(self, request)
-        try:
-            yield from run.events()
-        finally:
-            run.close()
 
 
 class _Run(RunBase):

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 
 class EngineParts(Protocol):
-    """What a run reads from its engine (:class:`~langchain_spthink.engine.loop.SpeculativeEngine`).
+    """What a run reads from its engine (:class:`~langchain_spthink.engine.api.SpeculativeEngine`).
 
     A protocol, so this module does not import the control loop that imports it.
     """

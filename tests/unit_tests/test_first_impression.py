@@ -59,7 +59,7 @@ def test_import_and_help_load_no_heavy_runtime(code: str) -> None:
 
 def test_lazy_exports_resolve_to_their_modules() -> None:
     from langchain_spthink.chat.model import ChatSpeculativeThinking
-    from langchain_spthink.engine.loop import SpeculativeEngine
+    from langchain_spthink.engine.api import SpeculativeEngine
 
     assert langchain_spthink.ChatSpeculativeThinking is ChatSpeculativeThinking
     assert langchain_spthink.SpeculativeEngine is SpeculativeEngine

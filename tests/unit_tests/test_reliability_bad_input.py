@@ -40,8 +40,9 @@ from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.backends.transformers import TransformersBackend
 from langchain_spthink.chat import model as chat_model
 from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.events import FinishEvent, TextEvent
-from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.loop import Request
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import (
     ConfigError,

@@ -33,9 +33,10 @@ from langchain_spthink.backends.scripted import EOS_TEXT, ScriptedBackend
 from langchain_spthink.chat import model as chat_model
 from langchain_spthink.chat.callbacks import SpeculativeThinkingCallbackHandler
 from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.events import DelegationEvent, FallbackEvent, FinishEvent, TextEvent
-from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.loop import Request
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import LargeModelError
 from tests.unit_tests._reliability_fakes import Recording

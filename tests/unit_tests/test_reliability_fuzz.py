@@ -27,11 +27,12 @@ from hypothesis import strategies as st
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.chat import model as chat_model
 from langchain_spthink.chat.model import ChatSpeculativeThinking
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.config import SpeculativeThinkingConfig, preset
 from langchain_spthink.engine.cues import classify, count_words
 from langchain_spthink.engine.events import DelegationEvent, FinishEvent, TextEvent
 from langchain_spthink.engine.handoff import common_prefix_length, resync
-from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.loop import Request
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import ConfigError, SpThinkError
 from langchain_spthink.tools.parsing import ToolCallStream, parse_tool_calls

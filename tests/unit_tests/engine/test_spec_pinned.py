@@ -14,6 +14,7 @@ import pytest
 
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.engine import cues
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.config import (
     PRESETS,
     SpeculativeThinkingConfig,
@@ -22,7 +23,7 @@ from langchain_spthink.engine.config import (
     preset,
 )
 from langchain_spthink.engine.events import DelegationEvent, FinishEvent, TextEvent
-from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.loop import Request
 from langchain_spthink.engine.policies import BoundaryState, KeywordPolicy, policy_from_config
 from langchain_spthink.engine.sampling import SamplingParams
 

@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_spthink.backends.scripted import ScriptedBackend, ScriptedSession
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.decisions import step_seed
 from langchain_spthink.engine.events import DelegationEvent, FinishEvent
-from langchain_spthink.engine.loop import Request, SpeculativeEngine
+from langchain_spthink.engine.loop import Request
 from langchain_spthink.engine.sampling import SamplingParams
 
 SMALL = [f"{w} x x x x x x.\n\n" for w in ("So", "Wait", "So", "Wait,", "So", "Hmm, check")]

@@ -14,9 +14,10 @@ import pytest
 
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.engine.answer import reasoning_close_text
+from langchain_spthink.engine.api import SpeculativeEngine
 from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.events import TextEvent
-from langchain_spthink.engine.loop import Request, SpeculativeEngine, _Run
+from langchain_spthink.engine.loop import Request, _Run
 from langchain_spthink.engine.steps import REQUEST_ENDS, _Step, ends_request
 
 T = TypeVar("T")
