@@ -232,10 +232,13 @@ class _PooledSession(ScriptedSession):
                     self.pool.busy -= 1
             if token is None:
                 return
+            time.sleep(0.005)  # let other requests in between forwards
             yield token
 
     def close(self) -> None:
         if not self.closed:
+            with self.pool.lock:
+                self.pool.open -= 1
             self.pool.contexts.release()
         super().close()
 
@@ -253,10 +256,15 @@ class PooledBackend(ProblemBackend):
         self.forward = threading.Lock()
         self.busy = 0
         self.most_busy = 0
+        self.open = 0
+        self.most_open = 0
 
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> ScriptedSession:
         if not self.contexts.acquire(timeout=20):
             raise RuntimeError(f"{self.name}: no free context (deadlock?)")
+        with self.lock:
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
         return _PooledSession(self, super().new_session(prompt_ids, sampling))
 
 
@@ -276,3 +284,29 @@ def test_concurrent_requests_on_local_style_models_do_not_deadlock(mode: str) ->
     serial = run_eval(PROBLEMS, settings(mode=mode), small=backends()[0], large=backends()[1])
     assert untimed(done["r"].records) == untimed(serial.records)
     assert small.most_busy <= 1 and large.most_busy <= 1  # forwards never overlapped per model
+    # The pools were contended: as many sessions open at once as there were contexts (in
+    # speculative mode a request holds its small-model context throughout, so the small pool
+    # of one lets one request at a time reach the large model).
+    assert (small.most_open, large.most_open) == {
+        "speculative": (1, 1),
+        "small": (1, 0),
+        "large": (0, 2),
+    }[mode]
+
+
+def test_eval_cli_concurrency(tmp_path: Path) -> None:
+    data = tmp_path / "toy-gsm8k.jsonl"
+    data.write_text(
+        "".join(
+            f'{{"id": "{p.id}", "problem": "{p.problem}", "answer": "{p.answer}"}}\n'
+            for p in PROBLEMS
+        )
+    )
+    small, large = backends()
+    out, run = io.StringIO(), tmp_path / "run.jsonl"
+    args = ["eval", "--dataset", str(data), "--small", "s", "--large", "l", "--greedy", "-q"]
+    args += ["--preset", "reasoning", "--set", "draft_tokens=3", "--concurrency", "3"]
+    code = main([*args, "--out", str(run)], backends={"s": small, "l": large}, stdout=out)
+    assert code == 0
+    assert sorted(r["id"] for r in read_records(run)) == [p.id for p in PROBLEMS]
+    assert "6 new answers, 0 already in" in out.getvalue()
