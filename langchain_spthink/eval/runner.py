@@ -254,12 +254,17 @@ def _record(
     }
 
 
+class _Abandoned(Exception):
+    """An answer in flight stopped because the run was interrupted or failed."""
+
+
 def _answer(
     backends: dict[Role, Backend],
     problem: Problem,
     sample: int,
     settings: EvalSettings,
     config: SpeculativeThinkingConfig,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     seed = sample_seed(settings.seed, problem.id, sample)
@@ -274,13 +279,21 @@ def _answer(
     delegations: list[DelegationEvent] = []
     fallback: FallbackEvent | None = None
     finish: FinishEvent | None = None
-    for event in prepared.engine.generate(prepared.request):
-        if isinstance(event, DelegationEvent):
-            delegations.append(event)
-        elif isinstance(event, FallbackEvent):
-            fallback = event
-        elif isinstance(event, FinishEvent):
-            finish = event
+    events = prepared.engine.generate(prepared.request)
+    try:
+        for event in events:
+            if stop is not None and stop.is_set():
+                raise _Abandoned
+            if isinstance(event, DelegationEvent):
+                delegations.append(event)
+            elif isinstance(event, FallbackEvent):
+                fallback = event
+            elif isinstance(event, FinishEvent):
+                finish = event
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # frees the sessions now, also when abandoned
     if finish is None:  # pragma: no cover - the engine always finishes
         raise RuntimeError("the engine ended without a finish event")
     seconds = time.perf_counter() - started
@@ -321,10 +334,11 @@ def _run_concurrently(
 
     Work is handed out in problem order, at most ``concurrency`` in flight, and ``emit`` runs
     in the calling thread. On an error or an interrupt nothing new starts; the answers in flight
-    are abandoned (their threads finish in the background, their records are not written).
+    stop at their next engine event (sessions closed, records not written) before this returns.
     """
     todo = iter(enumerate(pending))
     running: dict[Future[dict[str, Any]], tuple[int, Problem, int]] = {}
+    stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="spthink-eval")
 
     def submit() -> bool:
@@ -332,7 +346,7 @@ def _run_concurrently(
         if item is None:
             return False
         _, (problem, sample) = item
-        future = pool.submit(_answer, backends, problem, sample, settings, config)
+        future = pool.submit(_answer, backends, problem, sample, settings, config, stop)
         running[future] = (item[0], problem, sample)
         return True
 
@@ -346,7 +360,8 @@ def _run_concurrently(
                 emit(problem, sample, future.result())
                 submit()
     finally:
-        pool.shutdown(wait=not running, cancel_futures=True)
+        stop.set()  # answers still in flight end at their next event
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_eval(

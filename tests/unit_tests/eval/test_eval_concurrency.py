@@ -190,6 +190,9 @@ def test_interrupt_and_resume_with_concurrency(tmp_path: Path) -> None:
         )
     written = [r["id"] for r in read_records(out)]
     assert written == seen  # records of the answers in flight were not written
+    # The answers in flight stopped before run_eval returned, and released their sessions.
+    assert small.sessions and all(s.closed for s in small.sessions + large.sessions)
+    assert not [t for t in threading.enumerate() if t.name.startswith("spthink-eval")]
     missing = [p.id for p in PROBLEMS if p.id not in written]
 
     small, large = backends()
