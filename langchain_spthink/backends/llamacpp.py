@@ -227,6 +227,11 @@ class LlamaCppBackend(BackendBase):
         )
         return self.encode(str(rendered[0][0]))
 
+    @property
+    def max_contexts(self) -> int:
+        """Sessions that can be open at once; more wait (``spthink serve`` caps its default)."""
+        return self._max_contexts
+
     def new_session(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> LlamaCppSession:
         """Open a session on a free context (waits while all ``max_contexts`` are busy)."""
         check_prompt(prompt_ids, self.name, self._context_length)

@@ -98,6 +98,15 @@ def add_eval_parsers(subparsers: Any) -> None:
         "--out",
         help="JSONL file of records, appended and resumed (default eval-DATASET-MODE.jsonl)",
     )
+    ev.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="answers generated at once, each its own request (default 1); records are written "
+        "as each finishes and the results do not depend on N. Worth raising for remote models; "
+        "local ones share the CPU (see the docs' Concurrency section)",
+    )
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(handler=cmd_eval)
 
@@ -172,6 +181,7 @@ def cmd_eval(args: argparse.Namespace, ctx: CliContext) -> int:
             large=loader(settings.large),
             out=out,
             progress=None if args.quiet else ctx.stderr,
+            concurrency=args.concurrency,
         )
     except KeyboardInterrupt:
         ctx.note(f"spthink: stopped; finished answers are in {out}: rerun the command to resume")

@@ -8,8 +8,11 @@ and the sample index) and accuracy is pass@1 averaged over the samples.
 
 Runs are resumable: every record is appended and flushed as soon as its problem is graded; a rerun
 with the same output file skips the (problem, sample) pairs already there, so a kill loses at most
-the answer being written. A rerun with different settings (model, mode, preset, sampling, budget)
-into the same file is refused rather than mixed.
+the answers in flight. With ``concurrency = n`` up to ``n`` answers run at once in worker threads
+(each its own request); records are written by one writer in the order they finish, and the
+result lists them in problem order whatever that order was. Seeds do not depend on ``n``.
+A rerun with different settings (model, mode, preset, sampling, budget) into the same file is
+refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -249,12 +254,17 @@ def _record(
     }
 
 
+class _Abandoned(Exception):
+    """An answer in flight stopped because the run was interrupted or failed."""
+
+
 def _answer(
     backends: dict[Role, Backend],
     problem: Problem,
     sample: int,
     settings: EvalSettings,
     config: SpeculativeThinkingConfig,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     seed = sample_seed(settings.seed, problem.id, sample)
@@ -269,13 +279,21 @@ def _answer(
     delegations: list[DelegationEvent] = []
     fallback: FallbackEvent | None = None
     finish: FinishEvent | None = None
-    for event in prepared.engine.generate(prepared.request):
-        if isinstance(event, DelegationEvent):
-            delegations.append(event)
-        elif isinstance(event, FallbackEvent):
-            fallback = event
-        elif isinstance(event, FinishEvent):
-            finish = event
+    events = prepared.engine.generate(prepared.request)
+    try:
+        for event in events:
+            if stop is not None and stop.is_set():
+                raise _Abandoned
+            if isinstance(event, DelegationEvent):
+                delegations.append(event)
+            elif isinstance(event, FallbackEvent):
+                fallback = event
+            elif isinstance(event, FinishEvent):
+                finish = event
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # frees the sessions now, also when abandoned
     if finish is None:  # pragma: no cover - the engine always finishes
         raise RuntimeError("the engine ended without a finish event")
     seconds = time.perf_counter() - started
@@ -304,6 +322,48 @@ def _pairs(problems: Sequence[Problem], samples: int) -> Iterator[tuple[Problem,
             yield problem, sample
 
 
+def _run_concurrently(
+    pending: Sequence[tuple[Problem, int]],
+    concurrency: int,
+    backends: dict[Role, Backend],
+    settings: EvalSettings,
+    config: SpeculativeThinkingConfig,
+    emit: Callable[[Problem, int, dict[str, Any]], None],
+) -> None:
+    """Answer ``pending`` in up to ``concurrency`` worker threads; ``emit`` each as it finishes.
+
+    Work is handed out in problem order, at most ``concurrency`` in flight, and ``emit`` runs
+    in the calling thread. On an error or an interrupt nothing new starts; the answers in flight
+    stop at their next engine event (sessions closed, records not written) before this returns.
+    """
+    todo = iter(enumerate(pending))
+    running: dict[Future[dict[str, Any]], tuple[int, Problem, int]] = {}
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="spthink-eval")
+
+    def submit() -> bool:
+        item = next(todo, None)
+        if item is None:
+            return False
+        _, (problem, sample) = item
+        future = pool.submit(_answer, backends, problem, sample, settings, config, stop)
+        running[future] = (item[0], problem, sample)
+        return True
+
+    try:
+        while len(running) < concurrency and submit():
+            pass
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: running[f][0]):
+                _, problem, sample = running.pop(future)
+                emit(problem, sample, future.result())
+                submit()
+    finally:
+        stop.set()  # answers still in flight end at their next event
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_eval(
     problems: Sequence[Problem],
     settings: EvalSettings,
@@ -314,6 +374,7 @@ def run_eval(
     progress: IO[str] | bool | None = None,
     config: SpeculativeThinkingConfig | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    concurrency: int = 1,
 ) -> EvalResult:
     """Answer every (problem, sample) not yet in ``out`` and grade it.
 
@@ -327,15 +388,21 @@ def run_eval(
         progress: A stream for a tqdm progress bar with the running accuracy, ``True`` for
             stderr, ``None``/``False`` for none.
         config: The speculative-thinking config (default: ``settings.config()``).
-        on_record: Called with each new record after it is written.
+        on_record: Called with each new record after it is written (from the calling thread).
+        concurrency: Answers generated at once, each in its own worker thread and request
+            (1: one after the other). Records are graded, written and flushed as each finishes;
+            :attr:`EvalResult.records` is in problem order regardless.
 
     Returns:
         All records of these problems and samples, and their summary.
 
     Raises:
-        ConfigError: ``out`` holds records of a run with other settings, or a model is missing.
+        ConfigError: ``out`` holds records of a run with other settings, a model is missing, or
+            ``concurrency < 1``.
         KeyboardInterrupt: Passed on; the records written so far stay in ``out``.
     """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
     config = config or settings.config()
     path = Path(out) if out is not None else None
     done: dict[tuple[str, int], dict[str, Any]] = {}
@@ -367,9 +434,11 @@ def run_eval(
         bar = _progress(len(pairs), resumed, settings, stream)
         correct = sum(bool(r.get("correct")) for r in kept.values())
         fh = path.open("a", encoding="utf-8") if path is not None else None
-        try:
-            for problem, sample in pending:
-                record = _answer(backends, problem, sample, settings, config)
+        lock = threading.Lock()  # one writer: records are written and counted under it
+
+        def emit(problem: Problem, sample: int, record: dict[str, Any]) -> None:
+            nonlocal correct
+            with lock:
                 if fh is not None:
                     fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                     fh.flush()
@@ -383,8 +452,15 @@ def run_eval(
                         refresh=False,
                     )
                     bar.update(1)
-                if on_record is not None:
-                    on_record(record)
+            if on_record is not None:
+                on_record(record)
+
+        try:
+            if concurrency == 1:
+                for problem, sample in pending:
+                    emit(problem, sample, _answer(backends, problem, sample, settings, config))
+            else:
+                _run_concurrently(pending, concurrency, backends, settings, config, emit)
         finally:
             if fh is not None:
                 fh.close()

@@ -112,3 +112,60 @@ def test_serve_warns_without_key_off_loopback(
     cli.serve(model, host="0.0.0.0", port=1, api_key="secret")
     err = capsys.readouterr().err
     assert err == "" and "secret" not in str(runs[-1])
+
+
+class RemoteScripted(ScriptedBackend):
+    is_remote = True
+
+
+class PoolScripted(ScriptedBackend):
+    max_contexts = 2
+
+
+class MixedContext(FakeContext):
+    """Specs starting with ``remote`` give remote-style backends, ``pool`` llama.cpp-style."""
+
+    def backend(self, spec: str) -> ScriptedBackend:
+        self.loaded.append(spec)
+        kind = RemoteScripted if spec.startswith("remote") else ScriptedBackend
+        kind = PoolScripted if spec.startswith("pool") else kind
+        return kind(["Hi."], name=spec)
+
+
+@pytest.mark.parametrize(
+    ("argv", "cores", "expected"),
+    [
+        (["--small", "remote-s", "--large", "remote-l"], 2, cli.REMOTE_MAX_CONCURRENCY),
+        (["--small", "local-s", "--large", "remote-l"], 16, 4),  # 16 cores // 4 threads
+        (["--small", "local-s", "--large", "remote-l", "--threads", "1"], 16, 16),
+        (["--small", "local-s", "--large", "remote-l", "--threads", "8"], 4, 1),  # at least 1
+        (["--small", "local-s", "--large", "pool-l", "--threads", "1"], 16, 2),  # max_contexts
+        (["--small", "local-s", "--large", "remote-l", "--mode", "large"], 2, 16),  # only large
+        (["--small", "remote-s", "--large", "local-l", "--mode", "small"], 2, 16),
+        (["--small", "remote-s", "--large", "remote-l", "--max-concurrency", "3"], 2, 3),
+        (["--small", "local-s", "--large", "local-l", "--max-concurrency", "5"], 2, 5),
+    ],
+)
+def test_max_concurrency_default_fits_the_backends(
+    served: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    cores: int,
+    expected: int,
+) -> None:
+    from langchain_spthink import threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    monkeypatch.delenv("SPTHINK_THREADS", raising=False)
+    cli.cmd_serve(parse(argv), MixedContext())
+    assert served[-1][1]["max_concurrency"] == expected
+
+
+def test_max_concurrency_default_from_specs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_spthink import threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    remote = "openai+http://127.0.0.1:9/v1?model=m"
+    assert cli.default_max_concurrency([remote, remote]) == cli.REMOTE_MAX_CONCURRENCY
+    assert cli.default_max_concurrency([remote, "gemma3-270m"], threads=2) == 4
+    assert cli.default_max_concurrency(["llamacpp:x.gguf"], threads=16) == 1

@@ -22,10 +22,55 @@ from langchain_spthink.errors import ConfigError
 if TYPE_CHECKING:
     from langchain_spthink_integrations.openai_server.app import ModelSource
 
-__all__ = ["DEFAULT_API_KEY_ENV", "add_serve_parser", "build_model", "cmd_serve", "main", "serve"]
+__all__ = [
+    "DEFAULT_API_KEY_ENV",
+    "REMOTE_MAX_CONCURRENCY",
+    "add_serve_parser",
+    "build_model",
+    "cmd_serve",
+    "default_max_concurrency",
+    "main",
+    "serve",
+]
 
 DEFAULT_API_KEY_ENV = "SPTHINK_API_KEY"
 """Environment variable read for the API key unless ``--api-key-env`` names another."""
+
+
+REMOTE_MAX_CONCURRENCY = 16
+"""``--max-concurrency`` default when every model the server runs is remote."""
+
+
+def _is_remote(model: Any) -> bool:
+    if isinstance(model, str):
+        from langchain_spthink.backends.loading import REMOTE_PREFIXES
+
+        return model.startswith(REMOTE_PREFIXES)
+    return bool(getattr(model, "is_remote", False))
+
+
+def default_max_concurrency(models: Sequence[Any], threads: int | None = None) -> int:
+    """The ``--max-concurrency`` default for the models a server runs.
+
+    Every model remote (a ``RemoteBackend``, or an ``openai+http(s)://`` spec): their steps are
+    network-bound, so :data:`REMOTE_MAX_CONCURRENCY`. With a local model: as many requests as
+    the cores hold at ``threads`` CPU threads each (``cores // threads``, at least 1), and no more
+    than a llama.cpp model's ``max_contexts`` (further sessions would wait for a context).
+
+    Args:
+        models: The backends, or model specs, the server's mode uses.
+        threads: CPU threads of each local model (``None``: the default policy).
+    """
+    from langchain_spthink.threads import available_cores, resolve_threads
+
+    if all(_is_remote(m) for m in models):
+        return REMOTE_MAX_CONCURRENCY
+    limit = max(1, available_cores() // resolve_threads(threads))
+    for model in models:
+        contexts = getattr(model, "max_contexts", None)
+        if isinstance(contexts, int) and not _is_remote(model):
+            limit = min(limit, max(1, contexts))
+    return limit
 
 
 class _BackendContext(Protocol):
@@ -178,8 +223,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-concurrency",
         type=int,
-        default=1,
-        help="requests generating at once; the others wait in the queue (default 1)",
+        default=None,
+        help="requests generating at once; the others wait in the queue (default: "
+        f"{REMOTE_MAX_CONCURRENCY} when every model is remote, else cores // --threads, at "
+        "least 1 and at most a llama.cpp model's max_contexts)",
     )
     parser.add_argument(
         "--max-queue",
@@ -254,6 +301,11 @@ def cmd_serve(args: argparse.Namespace, ctx: _BackendContext | None = None) -> i
     """
     api_key = _api_key(args)
     model = build_model(args, ctx)
+    max_concurrency = args.max_concurrency
+    if max_concurrency is None:
+        used = [model.small_model] if args.mode != "large" else []
+        used += [model.large_model] if args.mode != "small" else []
+        max_concurrency = default_max_concurrency(used, args.threads)
     serve(
         model,
         host=args.host,
@@ -263,7 +315,7 @@ def cmd_serve(args: argparse.Namespace, ctx: _BackendContext | None = None) -> i
         model_id=args.model_id,
         max_body_bytes=args.max_body_bytes,
         max_tokens_limit=args.max_tokens_limit,
-        max_concurrency=args.max_concurrency,
+        max_concurrency=max_concurrency,
         max_queue=args.max_queue,
     )
     return 0
