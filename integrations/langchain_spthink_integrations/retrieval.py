@@ -66,7 +66,7 @@ def _load(path: str, device: str) -> tuple[Any, Any]:
 
             bars = hf_logging.is_progress_bar_enabled()
             if os.environ.get("SPTHINK_PROGRESS", "") in ("", "0"):  # bars on request only
-                hf_logging.disable_progress_bar()
+                hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
@@ -74,7 +74,7 @@ def _load(path: str, device: str) -> tuple[Any, Any]:
                 raise ModelLoadError(f"cannot load an embedding model from {path}: {exc}") from exc
             finally:
                 if bars:
-                    hf_logging.enable_progress_bar()
+                    hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
             _LOADED[(path, device)] = (tokenizer, model)
         return _LOADED[(path, device)]
 
