@@ -11,7 +11,9 @@ and is killed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,8 +54,14 @@ class ServerProcess:
         self.log_path = Path(log)
         self._log = self.log_path.open("wb")
         full = [part.replace("{port}", str(self.port)) for part in cmd]
+        # Its own process group: vLLM runs its engine and workers as child processes, which a
+        # signal to the server alone would leave running (holding memory and a core).
         self.proc = subprocess.Popen(
-            full, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            full,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         try:
             self._wait_ready()
@@ -86,20 +94,24 @@ class ServerProcess:
         self._log.flush()
         return self.log_path.read_bytes()[-chars:].decode(errors="replace")
 
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
     def kill(self) -> None:
-        """Kill the server at once (a crash, as far as its clients can tell)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """Kill the server and its child processes at once (a crash, as its clients see it)."""
+        self._signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
 
     def stop(self, *, keep_log: bool = False) -> None:
-        """Terminate the server (kill it after 10 s); delete its log unless ``keep_log``."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """Terminate the server and its children (killed after 10 s); keep the log if asked."""
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()  # children that outlived the server, if any
         self._log.close()
         if not keep_log:
             self.log_path.unlink(missing_ok=True)
