@@ -21,7 +21,12 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+from langchain_spthink.backends.remote import RemoteBackend
+from langchain_spthink.engine.api import SpeculativeEngine
+from langchain_spthink.engine.events import Event, FinishEvent, TextEvent
+from langchain_spthink.engine.state import Request
 from langchain_spthink.models import EMBEDDED_MODELS, gguf_cache_dir
 
 ALIAS = "smollm2-135m-instruct"
@@ -31,6 +36,20 @@ ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = Path(os.environ.get("SPTHINK_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
 #: vLLM's context (``--max-model-len``): smaller than SmolLM2's own, so a long prompt exceeds it.
 VLLM_MAX_MODEL_LEN = 2048
+
+
+def remote(url: str, tok: Any, *, timeout: float = 30.0, **kw: Any) -> RemoteBackend:
+    """A remote backend on the served ``smol`` with the local tokenizer ``tok``, no retries."""
+    return RemoteBackend(url, SERVED_NAME, tokenizer=tok, timeout=timeout, max_retries=0, **kw)
+
+
+def run(engine: SpeculativeEngine, request: Request) -> tuple[list[Event], FinishEvent]:
+    """All events of a request; checks the streamed text is the finish event's text."""
+    events = list(engine.generate(request))
+    fin = events[-1]
+    assert isinstance(fin, FinishEvent)
+    assert "".join(e.text for e in events if isinstance(e, TextEvent)) == fin.text
+    return events, fin
 
 
 def free_port() -> int:

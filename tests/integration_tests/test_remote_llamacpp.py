@@ -24,9 +24,9 @@ from langchain_spthink import (
     SpeculativeThinkingConfig,
     TextEvent,
 )
-from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
+from langchain_spthink.backends.remote import load_tokenizer
 from langchain_spthink.backends.transformers import TransformersBackend
-from tests.integration_tests.peers import ALIAS, LlamaServer, free_port
+from tests.integration_tests.peers import ALIAS, LlamaServer, free_port, remote, run
 
 pytestmark = pytest.mark.embedded
 
@@ -47,19 +47,6 @@ def server() -> Iterator[LlamaServer]:
 def smol_tok() -> Any:
     """Only the tokenizer of the served model (loaded once for the module)."""
     return load_tokenizer(ALIAS)[0]
-
-
-def remote(url: str, tok: Any, **kw: Any) -> RemoteBackend:
-    opts: dict[str, Any] = {"tokenizer": tok, "timeout": 30.0, "max_retries": 0}
-    return RemoteBackend(url, "smol", **{**opts, **kw})
-
-
-def run(engine: SpeculativeEngine, request: Request) -> tuple[list[Any], FinishEvent]:
-    events = list(engine.generate(request))
-    fin = events[-1]
-    assert isinstance(fin, FinishEvent)
-    assert "".join(e.text for e in events if isinstance(e, TextEvent)) == fin.text
-    return events, fin
 
 
 def test_large_only_mode_via_remote(server: LlamaServer, smol_tok: Any) -> None:

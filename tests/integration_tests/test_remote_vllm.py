@@ -31,13 +31,21 @@ from langchain_spthink import (
     TextEvent,
     paper_instruct,
 )
-from langchain_spthink.backends.remote import RemoteBackend, load_tokenizer
+from langchain_spthink.backends.remote import load_tokenizer
 from langchain_spthink.backends.transformers import TransformersBackend
-from tests.integration_tests.peers import ALIAS, SERVED_NAME, VLLM_MAX_MODEL_LEN, VllmServer
+from tests.integration_tests.peers import (
+    ALIAS,
+    SERVED_NAME,
+    VLLM_MAX_MODEL_LEN,
+    VllmServer,
+    remote,
+    run,
+)
 
 pytestmark = pytest.mark.embedded
 
 GREEDY = SamplingParams(temperature=0.0)
+TIMEOUT = 60.0  # seconds per read: vLLM on two shared cores answers slower than llama.cpp
 QUESTION = [{"role": "user", "content": "What is 12 times 7? Explain step by step."}]
 QUESTIONS = [
     "What is 12 times 7?",
@@ -64,21 +72,8 @@ def smol_tok() -> Any:
     return load_tokenizer(ALIAS)[0]
 
 
-def remote(srv: VllmServer, tok: Any, **kw: Any) -> RemoteBackend:
-    opts: dict[str, Any] = {"tokenizer": tok, "timeout": 60.0, "max_retries": 0}
-    return RemoteBackend(srv.url, SERVED_NAME, **{**opts, **kw})
-
-
 def spec(srv: VllmServer) -> str:
-    return f"openai+http://127.0.0.1:{srv.port}/v1?model={SERVED_NAME}&tokenizer={ALIAS}&timeout=60"
-
-
-def run(engine: SpeculativeEngine, request: Request) -> tuple[list[Any], FinishEvent]:
-    events = list(engine.generate(request))
-    fin = events[-1]
-    assert isinstance(fin, FinishEvent)
-    assert "".join(e.text for e in events if isinstance(e, TextEvent)) == fin.text
-    return events, fin
+    return f"openai+http://127.0.0.1:{srv.port}/v1?model={SERVED_NAME}&tokenizer={ALIAS}&timeout={TIMEOUT:g}"
 
 
 def kept_large_steps_are_in(text: str, delegations: list[DelegationEvent]) -> bool:
@@ -93,7 +88,7 @@ def test_vllm_serves_the_model_with_its_context(vllm: VllmServer) -> None:
 
 
 def test_large_only_mode_via_vllm(vllm: VllmServer, smol_tok: Any) -> None:
-    large = remote(vllm, smol_tok)
+    large = remote(vllm.url, smol_tok, timeout=TIMEOUT)
     ids = large.chat_prompt_ids(QUESTION)
     events, fin = run(SpeculativeEngine(None, large), Request(ids, ids, 24, GREEDY, mode="large"))
     assert fin.text.strip() and fin.stop_reason in ("eos", "length")
@@ -104,7 +99,7 @@ def test_large_only_mode_via_vllm(vllm: VllmServer, smol_tok: Any) -> None:
 def test_speculative_with_vllm_large(
     vllm: VllmServer, small_backend: TransformersBackend, smol_tok: Any
 ) -> None:
-    large = remote(vllm, smol_tok)
+    large = remote(vllm.url, smol_tok, timeout=TIMEOUT)
     config = paper_instruct(begin_tokens=8, draft_tokens=8)
     engine = SpeculativeEngine(small_backend, large, config)
     assert engine.share_ids
@@ -125,8 +120,8 @@ def test_both_models_on_vllm_the_process_holds_only_tokenizers(
     # nothing of a request lives in the process after it ends.
     replicas = [
         SpeculativeEngine(
-            remote(vllm, smol_tok),
-            remote(vllm, smol_tok),
+            remote(vllm.url, smol_tok, timeout=TIMEOUT),
+            remote(vllm.url, smol_tok, timeout=TIMEOUT),
             paper_instruct(begin_tokens=8, draft_tokens=8),
         )
         for _ in range(2)
@@ -172,7 +167,7 @@ def test_concurrent_drafts_with_vllm_large(
     # not_reasoning without choose_large: both models draft every step, the large one in a
     # worker thread while the small one drafts.
     config = SpeculativeThinkingConfig(not_reasoning=True, choose_large=False, draft_tokens=8)
-    large = remote(vllm, smol_tok)
+    large = remote(vllm.url, smol_tok, timeout=TIMEOUT)
     with ThreadPoolExecutor(2) as pool:
         engine = SpeculativeEngine(small_backend, large, config, executor=pool)
         assert engine.concurrent_drafts  # the default for a remote large model
@@ -194,7 +189,9 @@ def test_streaming_from_vllm(vllm: VllmServer, small_backend: TransformersBacken
 
 
 def test_prompt_beyond_the_server_context_is_a_typed_error(vllm: VllmServer, smol_tok: Any) -> None:
-    large = remote(vllm, smol_tok)  # locally it allows 4096 tokens: the server refuses
+    large = remote(
+        vllm.url, smol_tok, timeout=TIMEOUT
+    )  # locally it allows 4096 tokens: the server refuses
     ids = large.encode("hello " * (VLLM_MAX_MODEL_LEN + 100))
     assert VLLM_MAX_MODEL_LEN < len(ids) < large.context_length
     with pytest.raises(LargeModelError, match="maximum context length is 2048"):
@@ -205,7 +202,7 @@ def test_vllm_killed_mid_request_falls_back(
     vllm: VllmServer, small_backend: TransformersBackend, smol_tok: Any
 ) -> None:
     """Last in the module: it kills the shared server."""
-    large = remote(vllm, smol_tok, timeout=10.0)
+    large = remote(vllm.url, smol_tok, timeout=10.0)
     config = paper_instruct(begin_tokens=32, draft_tokens=8)
     engine = SpeculativeEngine(small_backend, large, config)
     ids = small_backend.chat_prompt_ids(QUESTION)
