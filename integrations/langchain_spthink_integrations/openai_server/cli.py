@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from langchain_spthink.engine.config import DEFAULT_PRESET
+from langchain_spthink.cli.argtypes import add_model_arguments
 from langchain_spthink.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -159,20 +159,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "127.0.0.1 unless --host says otherwise; set an API key (env SPTHINK_API_KEY) before "
         "binding another interface.",
     )
-    parser.add_argument("--small", default=small_default, help=f"small model ({small_default})")
-    parser.add_argument("--large", default=large_default, help=f"large model ({large_default})")
-    parser.add_argument(
-        "--mode",
-        choices=("speculative", "small", "large"),
-        default="speculative",
-        help="speculative: both models; small / large: one model alone (default speculative)",
-    )
-    parser.add_argument(
-        "--preset",
-        choices=("instruct", "reasoning"),
-        default=DEFAULT_PRESET,
-        help=f"paper configuration (default {DEFAULT_PRESET}, as every surface: see the docs)",
-    )
+    add_model_arguments(parser, small_default, large_default, ["instruct", "reasoning"])
     parser.add_argument(
         "--temperature",
         type=float,
@@ -201,12 +188,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="the API key itself (visible in the process list: prefer --api-key-env; "
         "default: none)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads of each local model (default: half the cores, at most 4, or "
-        "$SPTHINK_THREADS)",
     )
     parser.add_argument(
         "--max-body-bytes",
