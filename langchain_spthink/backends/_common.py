@@ -10,7 +10,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from langchain_spthink.backends.base import vocab_fingerprint
-from langchain_spthink.engine.sampling import SamplingParams, request_generator, sample_constrained
+from langchain_spthink.engine.sampling import (
+    SamplingParams,
+    request_generator,
+    sample_constrained,
+    verify_proposal,
+)
 from langchain_spthink.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -216,6 +221,36 @@ class LocalSession(SequenceSession):
     def next_logits(self) -> torch.Tensor:
         """Logits ``[vocab]`` for the position after :attr:`ids`, forwarding pending ids only."""
         raise NotImplementedError
+
+    def score(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append ``tokens`` and return the logits of their positions and the one after.
+
+        One forward over the pending ids and ``tokens`` (the cache then holds them; a rejected
+        tail is dropped with :meth:`truncate`, which crops).
+
+        Returns:
+            ``[len(tokens) + 1, vocab]``: row ``i`` predicts ``tokens[i]``, the last row the id
+            after them.
+        """
+        raise NotImplementedError
+
+    def verify(self, proposal: Sequence[int]) -> list[int]:
+        """Let this model check proposed ids in one forward; its next ids (at least one).
+
+        The accepted prefix of ``proposal`` plus this model's own next id (a correction, or the
+        id after a fully accepted proposal) are appended to :attr:`ids`; the rejected tail is
+        cropped away and the last id is pending (forwarded by the next call). Greedy: exactly
+        the ids greedy decoding writes (up to the numerics of a k-token forward); sampling:
+        distributed as plain sampling (:func:`~langchain_spthink.engine.sampling.verify_proposal`).
+        """
+        start = len(self._ids)
+        logits = self.score(proposal)
+        new = verify_proposal(logits, proposal, self.sampling, self._generator)
+        accepted = len(new) - 1
+        if accepted < len(proposal):
+            self.truncate(start + accepted)
+        self._ids.append(new[-1])
+        return new
 
     def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
         """Sample up to ``max_new`` ids, one forward per id (masked by ``constraint`` if given)."""

@@ -32,6 +32,7 @@ __all__ = [
     "Backend",
     "ConstraintFactory",
     "Session",
+    "VerifyingSession",
     "close_stream",
     "reseed",
     "vocab_fingerprint",
@@ -79,6 +80,19 @@ class Session(Protocol):
 
     def close(self) -> None:
         """Release the request's cache. The session must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class VerifyingSession(Session, Protocol):
+    """A session whose model can check proposed ids in one forward pass (local runtimes)."""
+
+    def verify(self, proposal: Sequence[int]) -> list[int]:
+        """Score ``proposal`` in one forward; return the accepted prefix plus one id of its own.
+
+        The returned ids are appended to :attr:`ids` (the rejected tail is cropped away). Greedy:
+        the ids greedy decoding writes; sampling: distributed as plain sampling would draw them.
+        """
         ...
 
 

@@ -314,6 +314,42 @@ class LlamaCppSession(LocalSession):
         row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(self._backend._n_vocab,))
         return torch.from_numpy(row.copy())
 
+    def score(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append ``tokens``; logits ``[len(tokens) + 1, vocab]`` of their positions and the next.
+
+        One llama.cpp batch holds the pending ids and ``tokens``, with logits requested for the
+        last ``len(tokens) + 1`` positions (pending ids beyond ``n_batch`` are evaluated first).
+        """
+        llama = self._context()
+        self._ids.extend(int(t) for t in tokens)
+        keep = len(tokens) + 1
+        if llama.n_tokens > len(self._ids) - keep:
+            llama.n_tokens = len(self._ids) - keep  # their logits are gone: re-evaluate them
+        pending = self._ids[llama.n_tokens :]
+        if len(pending) > llama.n_batch:
+            head = max(len(pending) - llama.n_batch, len(pending) - keep)
+            if len(pending) - head > llama.n_batch:
+                raise BackendError(f"{self._backend.name}: {keep} scored ids exceed n_batch")
+            llama.eval(pending[:head])
+            self._forwarded += head
+            pending = pending[head:]
+        n_past, n = int(llama.n_tokens), len(pending)
+        llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        batch = llama._batch
+        batch.set_batch(batch=pending, n_past=n_past, logits_all=False)
+        for i in range(n - keep, n):
+            batch.batch.logits[i] = True
+        llama._ctx.decode(batch)
+        llama.input_ids[n_past : n_past + n] = pending
+        llama.n_tokens = n_past + n
+        self._forwarded += n
+        n_vocab = self._backend._n_vocab
+        rows = [
+            np.ctypeslib.as_array(llama._ctx.get_logits_ith(i), shape=(n_vocab,)).copy()
+            for i in range(n - keep, n)
+        ]
+        return torch.from_numpy(np.stack(rows))
+
     def close(self) -> None:
         """Give the context back to the pool (its tokens stay for prefix reuse)."""
         if self._llama is not None:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from langchain_spthink.engine.sampling import TokenConstraint
 
-__all__ = ["ScriptedBackend", "ScriptedSession", "tokenize_words"]
+__all__ = ["ScriptedBackend", "ScriptedSession", "VerifyingScriptedSession", "tokenize_words"]
 
 EOS_TEXT = "<eos>"
 _WORD = re.compile(r"\n| ?[^\s]+|[^\S\n]")
@@ -86,9 +86,12 @@ class ScriptedBackend(BackendBase):
         tokenizer: ``"word"`` or ``"char"``.
         context_length: Maximum sequence length.
         fail_after: Raise ``RuntimeError`` when asked for this many tokens in total (fault
-            injection); ``None`` never fails.
+            injection; a verification that would return more raises); ``None`` never fails.
         on_token: Called after every sampled token (e.g. to advance a fake clock).
         stop_texts: Texts that end this model's turn (see the backend protocol).
+        verifies: Sessions can verify proposed ids in one "forward" (as local runtimes'
+            sessions); default: unless the backend plays a remote one (``is_remote``), whose
+            sessions cannot.
 
     EOS is id 0.
     """
@@ -103,8 +106,10 @@ class ScriptedBackend(BackendBase):
         fail_after: int | None = None,
         on_token: Callable[[], None] | None = None,
         stop_texts: Sequence[str] = (),
+        verifies: bool | None = None,
     ) -> None:
         self.script = list(script)
+        self.verifies = not getattr(self, "is_remote", False) if verifies is None else verifies
         self.stop_texts = tuple(stop_texts)
         self._name = name
         self._eos_ids = frozenset({0})
@@ -203,7 +208,8 @@ class ScriptedBackend(BackendBase):
             ):
                 prompt_len = other.prompt_len
                 break
-        session = ScriptedSession(self, prompt_ids, prompt_len, sampling)
+        kind = VerifyingScriptedSession if self.verifies else ScriptedSession
+        session = kind(self, prompt_ids, prompt_len, sampling)
         self.sessions.append(session)
         return session
 
@@ -228,6 +234,7 @@ class ScriptedSession(SequenceSession):
         self.truncations: list[int] = []
         self.sampling = sampling or SamplingParams()
         self.seeds: list[int | None] = [self.sampling.seed]  # the seed of each step, in order
+        self.verifications: list[tuple[list[int], list[int]]] = []  # (proposal, ids returned)
 
     def truncate(self, length: int) -> None:
         """Crop (any ``length``, recorded in :attr:`truncations`)."""
@@ -265,6 +272,42 @@ class ScriptedSession(SequenceSession):
     def close(self) -> None:
         """Mark closed."""
         self.closed = True
+
+
+class VerifyingScriptedSession(ScriptedSession):
+    """A scripted session that also verifies proposed ids, as local runtimes' sessions do."""
+
+    def verify(self, proposal: Sequence[int]) -> list[int]:
+        """Check proposed ids in one "forward": the scripted ids they agree with, plus one more.
+
+        Exactly what :meth:`stream` would write (the script is greedy); ``on_token`` is called
+        per returned id, which count as sampled ones: a verification that would pass
+        ``fail_after`` raises.
+        """
+        if self.closed:
+            raise RuntimeError("session used after close")
+        backend = self.backend
+        if self._cached >= len(self._ids):
+            self._cached = len(self._ids) - 1
+        self._forwarded += len(self._ids) - self._cached + len(proposal)
+        output = backend.decode(self._ids[self.prompt_len :])
+        new: list[int] = []
+        for token in [*proposal, None]:
+            mine = backend.vocab.id(backend.next_piece(output + backend.decode(new)))
+            new.append(mine)
+            if mine != token:
+                break
+        limit = backend.fail_after
+        if limit is not None and backend.tokens_sampled + len(new) > limit:
+            raise RuntimeError(f"{backend.name} failed (injected)")
+        self.verifications.append((list(proposal), list(new)))
+        self._ids.extend(new)
+        self._cached = len(self._ids) - 1
+        for _ in new:
+            backend.tokens_sampled += 1
+            if backend.on_token is not None:
+                backend.on_token()
+        return new
 
 
 def _fallback_rank(piece: str) -> int:

@@ -166,21 +166,36 @@ class TransformersSession(LocalSession):
 
     def next_logits(self) -> torch.Tensor:
         """Logits ``[vocab]`` for the position after :attr:`ids`, forwarding pending ids only."""
+        return self._forward(1)[0]
+
+    def score(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append ``tokens``; logits ``[len(tokens) + 1, vocab]`` of their positions and the next.
+
+        One forward of the pending ids and ``tokens`` over the cache.
+        """
+        self._ids.extend(int(t) for t in tokens)
+        return self._forward(len(tokens) + 1)
+
+    def _forward(self, keep: int) -> torch.Tensor:
+        """Forward the pending ids; the logits ``[keep, vocab]`` of the last ``keep`` positions.
+
+        At least ``keep`` ids are forwarded: cached ids whose logits are needed again (they are
+        gone once forwarded) are cropped and re-forwarded.
+        """
         if self._cache is None:
             raise BackendError("the session is closed")
-        if self._cached >= len(self._ids):
-            # Everything is cached but its logits are gone: re-forward the last id alone.
-            self._crop(len(self._ids) - 1)
+        if self._cached > len(self._ids) - keep:
+            self._crop(len(self._ids) - keep)
         pending = self._ids[self._cached :]
         input_ids = torch.tensor([pending], dtype=torch.long, device=self._backend.device)
         use_torch_threads(self._backend.threads)
         with torch.inference_mode():
             out: Any = self._backend.model(
-                input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1
+                input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=keep
             )
         self._cached = len(self._ids)
         self._forwarded += len(pending)
-        logits: torch.Tensor = out.logits[0, -1]
+        logits: torch.Tensor = out.logits[0, -keep:]
         return logits
 
     def close(self) -> None:

@@ -34,6 +34,8 @@ def start_large_step(run: RunBase, max_new: int) -> _PendingStep | Halt | None:
     engine = run.engine
     if not engine.concurrent_drafts or engine.executor is None or run.mode != "speculative":
         return None
+    if run.verified:
+        return None  # a verified step starts from the draft: it cannot run beside it
     if run.cfg.max_large_tokens is not None:
         return None  # a capped large model runs no step that may be discarded unseen
     track = run.tracks["large"]
@@ -103,6 +105,7 @@ def finish_large_step(run: RunBase, pending: _PendingStep) -> _Step:
     for token in ids:
         session.extend([token])
         track.usage.generated_tokens += 1
+        track.usage.decode_passes += 1
         if token in track.backend.eos_ids:
             step.eos = True
             break

@@ -82,6 +82,24 @@ class SpeculativeThinkingConfig(BaseModel):
         ge=1,
         description="Thinking budget: output tokens before the answer; then the answer is forced.",
     )
+    verified_large: bool = Field(
+        True,
+        description=(
+            "Where the models share a tokenizer, the large model writes by checking the small "
+            "model's proposed tokens (several per forward pass) instead of decoding one at a "
+            "time; the text is what it would write alone (greedy: the same ids; sampling: the "
+            "same distribution)."
+        ),
+    )
+    proposal_tokens: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description=(
+            "Tokens the small model proposes per verification at first; adapts between 1 and "
+            "twice this (+2 after a fully accepted proposal, -1 after a rejection)."
+        ),
+    )
     reasoning_close: str | None = Field(
         None,
         description=(

@@ -25,6 +25,7 @@ __all__ = [
     "ids_covering",
     "keep_large",
     "label",
+    "next_proposal_length",
     "marker_end",
     "step_seed",
     "trigger_end",
@@ -183,3 +184,22 @@ def step_seed(request_seed: int | None, role: Literal["small", "large"], step: i
     if step == 0:
         return request_seed + _ROLE_OFFSET[role]
     return zlib.crc32(f"{request_seed}:{role}:{step}".encode()) & 0x7FFFFFFF
+
+
+def next_proposal_length(length: int, proposed: int, accepted: int, start: int) -> int:
+    """How many tokens the small model proposes next in a verified large step.
+
+    Grows by 2 after a fully accepted proposal (up to ``2 * start``), shrinks by 1 after a
+    rejection (down to 1); a verification without proposal changes nothing.
+
+    Args:
+        length: The current proposal length.
+        proposed: Tokens in the last proposal.
+        accepted: How many of them the large model accepted.
+        start: ``proposal_tokens`` of the config (the first length).
+    """
+    if proposed == 0:
+        return length
+    if accepted >= proposed:
+        return min(2 * start, length + 2)
+    return max(1, length - 1)

@@ -116,7 +116,14 @@ class ModelUsage:
         generated_tokens: Tokens this model sampled (kept or not).
         kept_tokens: Tokens of this model that are in the output.
         forwarded_tokens: Token positions pushed through the model (prompt + catch-up + drafts).
-        seconds: Wall time spent in this model's forward/sampling.
+        seconds: Wall time spent in this model's forward/sampling (a verified large step counts
+            the small model's proposals too; ``FinishEvent.extra["proposal_seconds"]`` says how
+            much).
+        decode_passes: Forward passes that produced this model's generated tokens: one per token
+            in plain decoding, one per verification of proposed tokens.
+        proposed_tokens: Tokens the other model proposed for this model to verify (large model,
+            verified steps only).
+        accepted_tokens: Proposed tokens this model accepted.
     """
 
     prompt_tokens: int = 0
@@ -124,6 +131,14 @@ class ModelUsage:
     kept_tokens: int = 0
     forwarded_tokens: int = 0
     seconds: float = 0.0
+    decode_passes: int = 0
+    proposed_tokens: int = 0
+    accepted_tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / proposed tokens (``None`` when nothing was proposed)."""
+        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else None
 
 
 @dataclass(frozen=True)
@@ -141,10 +156,17 @@ class FinishEvent:
         mode: The mode the request ended in.
         extra: Timing numbers: ``boundaries`` and ``boundary_seconds`` (wall time spent at
             boundaries: drafting, judging, large steps), and with concurrent drafts
-            ``concurrent_seconds_saved``, ``concurrent_steps``, ``concurrent_steps_discarded``.
+            ``concurrent_seconds_saved``, ``concurrent_steps``, ``concurrent_steps_discarded``;
+            with verified large steps ``proposal_seconds`` (the small model proposing).
         budgets: For each configured budget, its limit, what was spent and whether it ran out
             (keys ``max_large_tokens``, ``large_tokens``, ``large_exhausted``,
             ``max_reasoning_tokens``, ``reasoning_tokens``, ``reasoning_exhausted``).
+        large_decoding: How the large model wrote its steps: ``verified`` (it checked the small
+            model's proposed tokens, several per forward pass; ``large.decode_passes``,
+            ``large.proposed_tokens`` and ``large.accepted_tokens`` count them) or ``plain``
+            (one forward pass per token).
+        large_decoding_reason: Why (e.g. the tokenizers differ, the config turned it off, the
+            remote server cannot score given tokens).
     """
 
     stop_reason: StopReason
@@ -156,6 +178,8 @@ class FinishEvent:
     mode: str
     extra: dict[str, float] = field(default_factory=dict)
     budgets: dict[str, int | bool] = field(default_factory=dict)
+    large_decoding: Literal["verified", "plain"] = "plain"
+    large_decoding_reason: str = ""
 
     @property
     def output_tokens(self) -> int:

@@ -213,7 +213,10 @@ class _Run(RunBase):
                 elapsed = self.clock() - pending.started
                 self.saved += max(0.0, draft.seconds + large.seconds - elapsed)
         else:
-            large = yield from self._write(self.tracks["large"], cfg.draft_tokens, live=False)
+            first = draft.ids if draft is not None else ()
+            large = yield from self._write(
+                self.tracks["large"], cfg.draft_tokens, live=False, first=first
+            )
         if large.halt is not None:
             return large.halt
         l_label = label(large.text, cfg)
@@ -237,6 +240,8 @@ class _Run(RunBase):
             score=decision.score,
         )
         kept = large if kept_role == "large" or draft is None else draft
+        if kept is draft and self.verified:
+            self._hold(self.tracks["small"], draft)  # its session proposed since the draft
         kept = yield from self._commit(self.tracks[kept_role], kept)
         yield delegation
         if kept.halt is not None:

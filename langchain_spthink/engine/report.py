@@ -51,6 +51,9 @@ def finish_event(run: RunBase, reason: StopReason) -> FinishEvent:
             "boundaries": float(run.boundaries),
             "boundary_seconds": run.boundary_seconds,
             **concurrent,
+            **({"proposal_seconds": run.proposal_seconds} if run.verified else {}),
         },
         budgets=budgets(run),
+        large_decoding="verified" if run.verified else "plain",
+        large_decoding_reason=run.verified_reason,
     )

@@ -10,6 +10,7 @@ decoding that the backends mask their logits with (its grammar implementation is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -23,6 +24,8 @@ __all__ = [
     "sample_token",
     "sample_constrained",
     "request_generator",
+    "speculative_accept",
+    "verify_proposal",
 ]
 
 
@@ -161,3 +164,86 @@ def sample_constrained(
     token = sample_token(constraint.mask(logits), params, generator)
     constraint.accept(token)
     return token
+
+
+def speculative_accept(
+    p: torch.Tensor,
+    token: int,
+    generator: torch.Generator | None,
+    q: torch.Tensor | None = None,
+) -> int | None:
+    """The speculative-sampling acceptance rule for one proposed token.
+
+    ``token`` was proposed from the distribution ``q`` (``None``: a given token, as if ``q`` were
+    one-hot on it); the target distribution is ``p``. The proposal is kept with probability
+    ``min(1, p[token] / q[token])``; otherwise a token is drawn from ``max(0, p - q)``
+    renormalised. Whatever ``q`` is, the returned token is distributed as ``p`` (Leviathan et
+    al. 2023, Chen et al. 2023); with ``q = None`` this holds for any way the proposal was chosen,
+    as long as the choice does not depend on this call's random draw.
+
+    Args:
+        p: Target probabilities ``[vocab]`` (after temperature, top-k, top-p).
+        token: The proposed id.
+        generator: Random generator of the request.
+        q: Proposal probabilities ``[vocab]``, or ``None`` for a given token.
+
+    Returns:
+        ``None`` when the proposal is accepted, else the replacement id.
+    """
+    import torch
+
+    q_token = 1.0 if q is None else float(q[token])
+    p_token = float(p[token])
+    u = float(torch.rand((), generator=generator, device=p.device))
+    if q_token > 0.0 and u * q_token < p_token:
+        return None
+    if q is None:
+        residual = p.clone()
+        residual[token] = 0.0
+    else:
+        residual = (p - q).clamp_min(0.0)
+    if float(residual.sum()) <= 0.0:  # p == q up to rounding: p itself is the residual
+        residual = p
+    return int(torch.multinomial(residual, 1, generator=generator).item())
+
+
+def verify_proposal(
+    logits: torch.Tensor,
+    proposal: Sequence[int],
+    params: SamplingParams,
+    generator: torch.Generator | None,
+) -> list[int]:
+    """The target model's next ids given its logits over a proposal: accepted prefix + one id.
+
+    Row ``i`` of ``logits`` is the target's logits for the position of ``proposal[i]``; the last
+    row is for the position after the whole proposal. Greedy: each proposed id is kept while it
+    is the argmax, and the first argmax that differs (or the one after a fully kept proposal)
+    ends the list, so the result is exactly what greedy decoding would write. Sampling: each
+    proposed id goes through :func:`speculative_accept` as a given token (``q = None``) against
+    the warped distribution of its row, so every returned id is distributed as plain sampling
+    from the target would draw it.
+
+    Args:
+        logits: ``[len(proposal) + 1, vocab]`` raw logits of the target model.
+        proposal: Proposed ids.
+        params: The target's sampling settings.
+        generator: The target's random generator (``None`` when greedy).
+
+    Returns:
+        ``proposal[:n] + [next_id]`` for the number ``n`` of accepted ids.
+    """
+    import torch
+
+    if logits.shape[0] != len(proposal) + 1:
+        raise ValueError(f"{logits.shape[0]} logits rows for a proposal of {len(proposal)} ids")
+    for i, token in enumerate(proposal):
+        if params.greedy:
+            best = int(torch.argmax(logits[i]).item())
+            if best != token:
+                return [*proposal[:i], best]
+            continue
+        probs = warp_logits(logits[i], params).softmax(dim=-1)
+        replacement = speculative_accept(probs, token, generator)
+        if replacement is not None:
+            return [*proposal[:i], replacement]
+    return [*proposal, sample_token(logits[len(proposal)], params, generator)]

@@ -11,11 +11,11 @@ the large model. :class:`~.steps.Request` is re-exported here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Protocol
 
-from langchain_spthink.backends.base import Backend, close_stream, reseed
+from langchain_spthink.backends.base import Backend, VerifyingSession, close_stream, reseed
 from langchain_spthink.engine.decisions import (
     Recap,
     ids_covering,
@@ -38,6 +38,12 @@ from langchain_spthink.engine.steps import (
     _PendingStep,
     _Step,
     _Track,
+)
+from langchain_spthink.engine.verified import (
+    Proposer,
+    ProposerFault,
+    verification_plan,
+    verified_stream,
 )
 
 __all__ = ["EngineParts", "Mode", "Request", "Role", "RunBase"]
@@ -113,6 +119,15 @@ class RunBase:
         except BaseException:
             self.close()
             raise
+        large = self.tracks.get("large")
+        self.verified, self.verified_reason = verification_plan(
+            cfg,
+            engine.small if "small" in self.tracks else None,
+            engine.large if large is not None else None,
+            engine.share_ids,
+            large.session if large is not None else None,
+        )
+        self.proposal_seconds = 0.0  # time the small model spent proposing for verified steps
 
     def _open(self, role: Role, backend: Backend, prompt: Sequence[int]) -> _Track:
         base = self.sampling
@@ -153,6 +168,12 @@ class RunBase:
     def _mark_synced(self, track: _Track) -> None:
         """``track``'s session holds prompt + output as it stands now."""
         track.synced = self.out.version
+
+    def _hold(self, track: _Track, step: _Step) -> None:
+        """Make ``track``'s session hold prompt + output + ``step`` again (before committing it)."""
+        assert self.out.ids is not None  # only verified requests need it: they share ids
+        resync(track.session, track.prompt_len, [*self.out.ids, *step.ids])
+        self._mark_draft(track)
 
     def _mark_draft(self, track: _Track) -> None:
         """``track``'s session holds a draft that is not in the output (until committed)."""
@@ -219,13 +240,16 @@ class RunBase:
         live: bool,
         carry: str = "",
         constraint: TokenConstraint | None = None,
+        first: Sequence[int] = (),
     ) -> Generator[Event, None, _Step]:
         """Let one model write up to ``max_new`` tokens.
 
         ``live`` steps go into the output token by token; other steps are drafts returned
         uncommitted. The small model's live reasoning steps in speculative mode stop at a
         trigger (``carry``: text of the current round already in the output); a live step also
-        stops when the answer marker asks for the answer writer.
+        stops when the answer marker asks for the answer writer. A large-model step of a
+        verified request checks the small model's proposals (:mod:`.verified`), ``first`` (the
+        draft of this boundary) first.
 
         Returns:
             The step, with why it stopped (``stop``) and, when that ends the phase, ``halt``: a
@@ -260,14 +284,19 @@ class RunBase:
         seed = self._step_seed(track)
         if seed is not None:
             reseed(session, seed)
-        stream = (
-            session.stream(budget)
-            if constraint is None
-            else session.stream(budget, constraint=constraint)
-        )
+        proposer = self._proposer(track, constraint)
+        stream: Iterator[int]
+        if proposer is not None:
+            stream = verified_stream(track, proposer, budget, first)
+        elif constraint is None:
+            stream = session.stream(budget)
+        else:
+            stream = session.stream(budget, constraint=constraint)
         try:
             for token in stream:
                 track.usage.generated_tokens += 1
+                if proposer is None:
+                    track.usage.decode_passes += 1
                 if token in track.backend.eos_ids:
                     step.eos, step.stop = True, "eos"
                     break
@@ -304,6 +333,8 @@ class RunBase:
             tail = detok.flush() if step.halt is None else ""  # an ended output takes no more
         except GeneratorExit:
             raise
+        except ProposerFault as fault:
+            raise fault.cause from fault  # the small model's failure, not the large model's
         except Exception as exc:
             if is_large:
                 raise _LargeFault(exc) from exc
@@ -312,6 +343,8 @@ class RunBase:
             close_stream(stream)
             step.seconds = self.clock() - started
             track.usage.seconds += step.seconds
+            if proposer is not None:
+                self.proposal_seconds += proposer.seconds
         if step.halt is not None:
             return step
         if tail:
@@ -331,6 +364,21 @@ class RunBase:
             if halt is not None:
                 step.stop = step.halt = halt
         return step
+
+    def _proposer(self, track: _Track, constraint: TokenConstraint | None) -> Proposer | None:
+        """The small model as proposer of a verified large step; ``None``: plain decoding.
+
+        Only speculative, unconstrained large-model steps of a verified request; the small
+        session is synced to the output and marked as a scratch pad for proposals.
+        """
+        if not (self.verified and track.role == "large" and self.mode == "speculative"):
+            return None
+        if constraint is not None or not isinstance(track.session, VerifyingSession):
+            return None
+        small = self.tracks["small"]
+        self._sync(small)
+        self._mark_draft(small)
+        return Proposer(small, self.cfg.proposal_tokens, self.clock)
 
     def _room(self, track: _Track, max_new: int) -> int:
         """Tokens ``track`` may write now: ``max_new`` capped by every budget that applies."""

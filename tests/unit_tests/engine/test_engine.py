@@ -408,7 +408,8 @@ def test_discarded_concurrent_steps_count_in_the_large_models_usage() -> None:
 
     small_script = ["A.\n\n", "B b.\n\n", "C.\n\n"]  # no cue words: every step is discarded
     large_script = ["X.\n\n", "Y y y y.\n\n", "Z z z z.\n\n"]
-    config = SpeculativeThinkingConfig(draft_tokens=3, verify_tokens=0)
+    # Concurrent steps run only where large steps are not verified (they start before the draft).
+    config = SpeculativeThinkingConfig(draft_tokens=3, verify_tokens=0, verified_large=False)
     finishes = []
     for executor in (None, Inline()):
         small, large = ScriptedBackend(small_script), ScriptedBackend(large_script)
