@@ -28,7 +28,7 @@ from langchain_spthink.backends._common import (
     resolve_stop_texts,
 )
 from langchain_spthink.engine.sampling import SamplingParams
-from langchain_spthink.errors import BackendError
+from langchain_spthink.errors import BackendError, InvalidRequestError
 from langchain_spthink.threads import resolve_threads, use_torch_threads
 
 if TYPE_CHECKING:
@@ -103,6 +103,55 @@ class TransformersBackend(BackendBase):
             chat_template=loaded.chat_template,
             eos_ids=eos_token_ids(loaded),
             threads=threads,
+        )
+
+    def first_layers(self, layers: int, *, name: str | None = None) -> TransformersBackend:
+        """This model cut to its first ``layers`` decoder layers: a self-speculative small model.
+
+        The cut shares every weight with this model (no copy, no extra memory) and keeps its
+        tokenizer, so it pairs with this model for draft-verified large steps. Works for
+        decoder-only models whose layers are ``model.model.layers`` (Llama, Qwen, Gemma, ...).
+
+        Args:
+            layers: Decoder layers to keep, ``1 <= layers <`` the model's count.
+            name: Its name (default: ``"<name>[:layers]"``).
+
+        Raises:
+            InvalidRequestError: ``layers`` is out of range or the model has no layer list.
+        """
+        import copy
+
+        inner = getattr(self.model, "model", None)
+        stack = getattr(inner, "layers", None)
+        if not isinstance(stack, torch.nn.ModuleList):
+            raise InvalidRequestError(f"{self.name} has no model.layers list to cut")
+        if not 1 <= layers < len(stack):
+            raise InvalidRequestError(
+                f"layers must be between 1 and {len(stack) - 1} for {self.name}, got {layers}"
+            )
+        config = copy.deepcopy(self.model.config)
+        text = config.get_text_config(decoder=True)
+        text.num_hidden_layers = layers
+        if isinstance(getattr(text, "layer_types", None), list):
+            text.layer_types = text.layer_types[:layers]
+        model = copy.copy(self.model)  # shallow: the parameters stay shared
+        model._modules = dict(model._modules)
+        cut = copy.copy(inner)
+        assert cut is not None
+        cut._modules = dict(cut._modules)
+        cut.layers = torch.nn.ModuleList(list(stack)[:layers])
+        cut.config = text
+        model.model = cut
+        model.config = config
+        return TransformersBackend(
+            model,
+            self.tokenizer,
+            name=name or f"{self.name}[:{layers}]",
+            chat_template=self.chat_template,
+            eos_ids=self._eos_ids,
+            context_length=self._context_length,
+            threads=self.threads,
+            stop_texts=self.stop_texts,
         )
 
     @property
