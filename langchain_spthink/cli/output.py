@@ -94,6 +94,13 @@ def summary_line(
             f"large {large_name}: {finish.large.kept_tokens} tok "
             f"({100.0 * finish.large_share:.1f}% of output)"
         )
+    if finish.large_decoding == "verified" and finish.large.generated_tokens:
+        rate = finish.large.acceptance_rate
+        parts.append(
+            f"verified: {finish.large.decode_passes} large passes for "
+            f"{finish.large.generated_tokens} tok"
+            + ("" if rate is None else f", {100.0 * rate:.0f}% of proposals accepted")
+        )
     by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     parts.append(f"delegations: {finish.delegations}" + (f" ({by_kind})" if by_kind else ""))
     rate = out / finish.seconds if finish.seconds > 0 else 0.0

@@ -73,6 +73,13 @@ def verification_plan(
     if not share_ids:
         return False, f"{small.name} and {large.name} have different tokenizers"
     if not callable(getattr(large_session, "verify", None)):
+        if getattr(large, "is_remote", False):
+            # vLLM scores given tokens only through prompt logprobs, which bypass its prefix
+            # cache and recompute the whole prompt: slower than decoding the step.
+            return False, (
+                f"{large.name} is a remote server: scoring given tokens there recomputes the "
+                "whole prompt (prompt logprobs bypass the prefix cache), so it decodes them"
+            )
         return False, f"{large.name} cannot score given tokens: one forward pass per token"
     return True, f"{large.name} verifies tokens proposed by {small.name}"
 

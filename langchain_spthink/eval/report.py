@@ -47,6 +47,10 @@ class RunSummary:
             cost: kept or not, judged drafts excluded).
         budget_spent: Fraction of answers in which a budget (``max_large_tokens`` or
             ``max_reasoning_tokens``) ran out.
+        passes_per_large_token: Large-model decode passes / tokens it generated (1.0 in plain
+            decoding; lower when it verified the small model's proposals).
+        acceptance_rate: Proposed tokens the large model accepted / proposed (``None``: nothing
+            was proposed).
     """
 
     label: str
@@ -66,6 +70,8 @@ class RunSummary:
     policy: str = "keyword"
     large_generated_per_problem: float = 0.0
     budget_spent: float = 0.0
+    passes_per_large_token: float = 1.0
+    acceptance_rate: float | None = None
 
 
 def _one(values: set[str]) -> str:
@@ -109,7 +115,20 @@ def summarize(records: Sequence[Mapping[str, Any]], *, label: str = "run") -> Ru
             sum(int(r.get("large_generated", 0)) for r in records) / n if n else 0.0
         ),
         budget_spent=sum(_budget_spent(r) for r in records) / n if n else 0.0,
+        **_verification(records),
     )
+
+
+def _verification(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Passes per large token and acceptance rate over records (records without counts: plain)."""
+    generated = sum(int(r.get("large_generated", 0)) for r in records)
+    passes = sum(int(r.get("large_passes", r.get("large_generated", 0))) for r in records)
+    proposed = sum(int(r.get("proposed_tokens", 0)) for r in records)
+    accepted = sum(int(r.get("accepted_tokens", 0)) for r in records)
+    return {
+        "passes_per_large_token": passes / generated if generated else 1.0,
+        "acceptance_rate": accepted / proposed if proposed else None,
+    }
 
 
 def _budget_spent(record: Mapping[str, Any]) -> bool:
@@ -149,13 +168,15 @@ def format_table(summaries: Sequence[RunSummary]) -> str:
         lines.append(f"| {s.label} | {cells} |")
     lines += [
         "",
-        "| run | policy | large tokens generated / problem | budget spent |",
-        "| --- | --- | ---: | ---: |",
+        "| run | policy | large tokens generated / problem | large passes / token "
+        "| acceptance | budget spent |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for s in summaries:
+        accept = "-" if s.acceptance_rate is None else f"{100 * s.acceptance_rate:.1f}%"
         lines.append(
             f"| {s.label} | {s.policy} | {s.large_generated_per_problem:.1f} "
-            f"| {100 * s.budget_spent:.1f}% |"
+            f"| {s.passes_per_large_token:.2f} | {accept} | {100 * s.budget_spent:.1f}% |"
         )
     return "\n".join(lines)
 

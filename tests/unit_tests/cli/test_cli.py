@@ -16,7 +16,10 @@ from langchain_spthink.cli.main import build_parser, run_cli
 
 SUMMARY = re.compile(
     r"^-- small (?P<small>\S+): (?P<st>\d+) tok \| large (?P<large>\S+): (?P<lt>\d+) tok "
-    r"\((?P<share>[\d.]+)% of output\) \| delegations: (?P<d>\d+)(?: \((?P<kinds>[^)]*)\))? \| "
+    r"\((?P<share>[\d.]+)% of output\) "
+    r"(?:\| verified: (?P<passes>\d+) large passes for (?P<gen>\d+) tok"
+    r"(?:, (?P<accepted>\d+)% of proposals accepted)? )?"
+    r"\| delegations: (?P<d>\d+)(?: \((?P<kinds>[^)]*)\))? \| "
     r"(?P<out>\d+) tok in [\d.]+ s, [\d.]+ tok/s \| stop: (?P<stop>\w+)$"
 )
 
@@ -122,6 +125,11 @@ def test_run_marks_large_segments_and_prints_summary() -> None:
     assert int(match["lt"]) == 6
     assert int(match["out"]) == int(match["st"]) + int(match["lt"])
     assert match["stop"] == "eos"
+    # The large step (6 tokens, same tokenizer) verified the small model's proposals: the draft
+    # (cut to 5, room for one more) is rejected at "Hmm:", then proposals of 4, 3, 2, 1 tokens
+    # (the room left) are rejected at their first token until the small model's "\n" matches
+    # and the bonus "\n" ends the step: 5 passes, 1 of 5+4+3+2+1 proposed tokens accepted.
+    assert (match["passes"], match["gen"], match["accepted"]) == ("5", "6", "7")
 
 
 def test_run_instruct_preset_begins_with_large_and_delegates() -> None:

@@ -128,10 +128,11 @@ def test_table_exact() -> None:
             "| A | 0.25 | 0.75 | 0.25 | 0.25 |",
             "| B | 0.00 | 0.00 | 0.00 | 0.00 |",
             "",
-            "| run | policy | large tokens generated / problem | budget spent |",
-            "| --- | --- | ---: | ---: |",
-            "| A | judge | 15.0 | 25.0% |",
-            "| B | keyword | 0.0 | 0.0% |",
+            "| run | policy | large tokens generated / problem | large passes / token "
+            "| acceptance | budget spent |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+            "| A | judge | 15.0 | 1.00 | - | 25.0% |",
+            "| B | keyword | 0.0 | 1.00 | - | 0.0% |",
         ]
     )
 
