@@ -214,14 +214,16 @@ def _measure(
     for rep in range(repeats):
         for i, ids in enumerate(prompt_ids):
             order = SIDES if (rep + i) % 2 == 0 else SIDES[::-1]
+            now: dict[str, float] = {}
             for side in order:
                 r = _run(engines[side], ids, max_tokens)
+                now[side] = r.finish.seconds
                 old = best[side][i]
                 if old is None or r.finish.seconds < old.finish.seconds:
                     best[side][i] = r
             print(
                 f"  repeat {rep + 1} prompt {i}: "
-                + ", ".join(f"{s} {best[s][i].finish.seconds:.2f} s" for s in SIDES),  # type: ignore[union-attr]
+                + ", ".join(f"{side} {now[side]:.2f} s" for side in order),
                 flush=True,
             )
     return {side: [r for r in rs if r is not None] for side, rs in best.items()}
