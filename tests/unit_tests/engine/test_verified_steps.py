@@ -28,8 +28,10 @@ from langchain_spthink import (
 )
 from langchain_spthink.backends.scripted import ScriptedBackend, ScriptedSession
 from langchain_spthink.engine.decisions import next_proposal_length
-from langchain_spthink.engine.events import BudgetEvent, Event, FallbackEvent
-from langchain_spthink.engine.verified import ProposerFault
+from langchain_spthink.engine.events import BudgetEvent, Event, FallbackEvent, ModelUsage
+from langchain_spthink.engine.handoff import resync
+from langchain_spthink.engine.steps import _Track
+from langchain_spthink.engine.verified import Proposer, ProposerFault, verified_stream
 from tests.unit_tests.test_reliability_faults import check_fallback
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -285,6 +287,34 @@ def test_plain_large_decoding_and_why(over: dict[str, Any], reason: str) -> None
     assert not verifications(large)
     if "large" in over:
         assert all(type(s) is ScriptedSession for s in large.sessions)
+
+
+def test_verified_stream_closed_early_leaves_the_large_session_at_what_it_yielded() -> None:
+    # The large model accepts a whole 4-token proposal + 1 (5 ids in one verification); the
+    # consumer takes 2 and closes the stream: the session holds prompt + those 2 only, as
+    # after a plain stream.
+    small = ScriptedBackend(["a b c d e f\n\n"], name="s")
+    large = ScriptedBackend(["a b c d e f\n\n"], name="l")
+    prompt = large.encode("Q: go")
+    tracks = []
+    for role, backend in (("small", small), ("large", large)):
+        session = backend.new_session(prompt, GREEDY)
+        tracks.append(_Track(role, backend, session, len(prompt), ModelUsage(), GREEDY))
+    small_track, large_track = tracks
+    proposer = Proposer(small_track, 4, lambda: 0.0)
+    stream = verified_stream(large_track, proposer, budget=10)
+    taken = [next(stream), next(stream)]
+    assert verifications(large) == [(large.encode("a b c d"), large.encode("a b c d e"))]
+    stream.close()
+    assert taken == large.encode("a b")
+    assert list(large_track.session.ids) == prompt + taken
+    # Budget 3: the proposal is cut to 2 (room for the large model's own id). The caller syncs
+    # the small model's scratch session to the output first (the engine's _sync).
+    resync(small_track.session, len(prompt), taken)
+    stream = verified_stream(large_track, proposer, budget=3)
+    assert list(stream) == large.encode(" c d e")
+    assert verifications(large)[-1] == (large.encode(" c d"), large.encode(" c d e"))
+    assert list(large_track.session.ids) == prompt + large.encode("a b c d e")
 
 
 def test_next_proposal_length() -> None:
