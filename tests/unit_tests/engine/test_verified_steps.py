@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import event as stat
 from hypothesis import strategies as st
 
 from langchain_spthink import (
@@ -150,6 +151,9 @@ def test_verified_run_equals_plain_run(
         assert finish.large_decoding == ("verified" if verified else "plain")
         if verified:
             check_counters(finish, large)
+            usage = finish.large
+            stat("several ids a pass" if usage.decode_passes < usage.generated_tokens else "one")
+            stat("a proposal accepted" if usage.accepted_tokens else "none accepted")
         else:
             assert not verifications(large)
             assert finish.large.decode_passes == finish.large.generated_tokens
