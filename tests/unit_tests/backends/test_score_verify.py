@@ -12,12 +12,14 @@
 
 Numerics (measured on an AMD EPYC AVX2 machine, 1 torch thread): float32 score rows vs
 one-at-a-time ``next_logits`` differ by at most 2.0e-4 on logits of magnitude ~20 (batch shapes
-differ, so they are not bit-equal); float64: 9e-15. Comparisons use ``ATOL32 = 1e-3``; greedy
+differ, so they are not bit-equal); llama.cpp (the tiny GGUF, float32): 1.2e-4; float64: 9e-15.
+Comparisons use ``ATOL32 = 1e-3``; greedy
 ids are compared only where the top-2 margin exceeds ``2 * ATOL32``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -35,7 +37,7 @@ from langchain_spthink.engine.sampling import (
     warp_logits,
 )
 from langchain_spthink.errors import InvalidRequestError
-from tests.tiny_models import tiny_llama
+from tests.tiny_models import tiny_llama, write_tiny_gguf
 
 ATOL32 = 1e-3  # measured max |score row - next_logits| in float32: 2.0e-4 (see module doc)
 ALPHA = 1e-6  # chi-square p-value below which a distribution is rejected
@@ -209,82 +211,111 @@ def large64(tiny_tokenizer: Any) -> TransformersBackend:
     return TransformersBackend(model, tiny_tokenizer, name="l64", eos_ids=eos, threads=1)
 
 
-def prompt_of(backend: TransformersBackend) -> list[int]:
-    return backend.encode("Let me think step by step.")
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def runtime(
+    request: pytest.FixtureRequest,
+    large32: TransformersBackend,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """A float32 tiny model on each local runtime (llama.cpp: the tiny GGUF, 1 thread)."""
+    if request.param == "transformers":
+        yield large32
+        return
+    from langchain_spthink.backends.llamacpp import LlamaCppBackend
+
+    path = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    backend = LlamaCppBackend(path, n_threads=1, n_ctx=256, max_contexts=2, wait_timeout=5.0)
+    yield backend
+    backend.close()
 
 
-def greedy_path(backend: TransformersBackend, n: int) -> tuple[list[int], list[float]]:
+@contextlib.contextmanager
+def opened(backend: Any, ids: Sequence[int], params: SamplingParams = GREEDY) -> Iterator[Any]:
+    """A session, closed after the block (llama.cpp has 2 contexts: a leak would block)."""
+    session = backend.new_session(list(ids), params)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def prompt_of(backend: Any) -> list[int]:
+    return list(backend.encode("Let me think step by step."))
+
+
+def greedy_path(backend: Any, n: int) -> tuple[list[int], list[float]]:
     """Greedy ids after the prompt, one forward each, and each step's top-2 logit margin."""
-    session = backend.new_session(prompt_of(backend), GREEDY)
-    ids, margins = [], []
-    for _ in range(n):
-        logits = session.next_logits()
-        top = torch.topk(logits, 2).values
-        margins.append(float(top[0] - top[1]))
-        ids.append(int(torch.argmax(logits)))
-        session.extend(ids[-1:])
+    ids: list[int] = []
+    margins: list[float] = []
+    with opened(backend, prompt_of(backend)) as session:
+        for _ in range(n):
+            logits = session.next_logits()
+            top = torch.topk(logits, 2).values
+            margins.append(float(top[0] - top[1]))
+            ids.append(int(torch.argmax(logits)))
+            session.extend(ids[-1:])
     return ids, margins
 
 
-def test_score_rows_equal_one_token_forwards(large32: TransformersBackend) -> None:
-    prompt = prompt_of(large32)
-    tokens = large32.encode(" Wait, that is not right. Let me check again.")
+def test_score_rows_equal_one_token_forwards(runtime: Any) -> None:
+    # Measured max difference: transformers float32 2.0e-4, llama.cpp 1.2e-4 (logits ~20).
+    prompt = prompt_of(runtime)
+    tokens = runtime.encode(" Wait, that is not right. Let me check again.")
     for k in (1, 3, len(tokens)):
-        rows = large32.new_session(prompt, GREEDY).score(tokens[:k])
-        assert rows.shape == (k + 1, len(large32.tokenizer))
-        one = large32.new_session(prompt, GREEDY)
+        with opened(runtime, prompt) as session:
+            rows = session.score(tokens[:k])
+        assert rows.shape[0] == k + 1
         expected = []
-        for i in range(k + 1):
-            expected.append(one.next_logits())
-            one.extend(tokens[i : i + 1])
+        with opened(runtime, prompt) as one:
+            for i in range(k + 1):
+                expected.append(one.next_logits())
+                one.extend(tokens[i : i + 1])
         torch.testing.assert_close(rows, torch.stack(expected), atol=ATOL32, rtol=0.0)
 
 
-def test_greedy_verify_returns_greedy_decodings_ids(large32: TransformersBackend) -> None:
-    prompt = prompt_of(large32)
-    path, margins = greedy_path(large32, 8)
+def test_greedy_verify_returns_greedy_decodings_ids(runtime: Any) -> None:
+    prompt = prompt_of(runtime)
+    path, margins = greedy_path(runtime, 8)
     checked = 0
     for j in range(len(path) + 1):
         if any(m <= 2 * ATOL32 for m in margins[: j + 1]):
             continue  # a near tie: the k-token forward may pick the other id
         checked += 1
         if j < len(path):  # reject at j: a wrong id there, the right ones after it
-            wrong = (path[j] + 1) % len(large32.tokenizer)
-            proposal = [*path[:j], wrong, *path[j + 1 :]]
+            proposal = [*path[:j], path[j] ^ 1, *path[j + 1 :]]
             expected = path[: j + 1]
         else:  # all kept: the bonus id past the proposal
             proposal, expected = path[:-1], path
-        session = large32.new_session(prompt, GREEDY)
-        assert session.verify(proposal) == expected
-        assert list(session.ids) == prompt + expected
-        assert session.cached == len(session.ids) - 1  # the last id is pending
+        with opened(runtime, prompt) as session:
+            assert session.verify(proposal) == expected
+            assert list(session.ids) == prompt + expected
+            assert session.cached == len(session.ids) - 1  # the last id is pending
+            after = session.next_logits()
         # The cropped session continues exactly as a fresh one over the same ids.
-        fresh = large32.new_session(list(session.ids), GREEDY)
-        torch.testing.assert_close(
-            session.next_logits(), fresh.next_logits(), atol=ATOL32, rtol=0.0
-        )
+        with opened(runtime, prompt + expected) as fresh:
+            torch.testing.assert_close(after, fresh.next_logits(), atol=ATOL32, rtol=0.0)
     assert checked >= 6
 
 
-def test_verify_after_a_rejection_forwards_only_new_ids(large32: TransformersBackend) -> None:
-    prompt = prompt_of(large32)
-    path, _ = greedy_path(large32, 8)
-    wrong = (path[1] + 1) % len(large32.tokenizer)
-    session = large32.new_session(prompt, GREEDY)
-    first = session.verify([path[0], wrong, path[2]])  # rejected at 1: 2 ids, 1 dropped
-    assert len(first) == 2
-    assert session.forwarded == len(prompt) + 3
-    second = session.verify(path[2:5])
-    assert session.forwarded == len(prompt) + 3 + 1 + 3  # the pending id + the proposal
-    assert first + second == path[: len(first) + len(second)]
-    # A session whose ids are all cached re-forwards the last one (its logits are gone).
-    session.truncate(len(session.ids) - 1)
-    cached = session.cached
-    assert cached == len(session.ids)
-    before = session.forwarded
-    expected = path[len(session.ids) - len(prompt)]
-    assert session.verify([]) == [expected]
-    assert session.forwarded == before + 1
+def test_verify_after_a_rejection_forwards_only_new_ids(runtime: Any) -> None:
+    prompt = prompt_of(runtime)
+    path, _ = greedy_path(runtime, 8)
+    with opened(runtime, prompt) as session:
+        # llama.cpp reuses what its context holds of the prompt (all but the last id, whose
+        # logits are needed again); transformers starts empty.
+        reused = min(session.cached, len(prompt) - 1)
+        first = session.verify([path[0], path[1] ^ 1, path[2]])  # rejected at 1: 1 dropped
+        assert first == path[:2]
+        assert session.forwarded == len(prompt) - reused + 3
+        second = session.verify(path[2:5])
+        assert session.forwarded == len(prompt) - reused + 3 + 1 + 3  # pending id + proposal
+        assert first + second == path[: len(first) + len(second)]
+        # A session whose ids are all cached re-forwards the last one (its logits are gone).
+        session.truncate(len(session.ids) - 1)
+        assert session.cached == len(session.ids)
+        before, expected = session.forwarded, path[len(session.ids) - len(prompt)]
+        assert session.verify([]) == [expected]
+        assert session.forwarded == before + 1
 
 
 def test_sampled_verify_keeps_the_joint_distribution_of_two_ids(
