@@ -224,7 +224,7 @@ def runtime(
     from langchain_spthink.backends.llamacpp import LlamaCppBackend
 
     path = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-    backend = LlamaCppBackend(path, n_threads=1, n_ctx=256, max_contexts=2, wait_timeout=5.0)
+    backend = LlamaCppBackend(path, n_threads=1, n_ctx=1024, max_contexts=2, wait_timeout=5.0)
     yield backend
     backend.close()
 
@@ -271,6 +271,23 @@ def test_score_rows_equal_one_token_forwards(runtime: Any) -> None:
                 expected.append(one.next_logits())
                 one.extend(tokens[i : i + 1])
         torch.testing.assert_close(rows, torch.stack(expected), atol=ATOL32, rtol=0.0)
+
+
+def test_score_after_more_pending_ids_than_a_batch_holds(runtime: Any) -> None:
+    # 700 prompt ids pending (llama.cpp's n_batch is 512: the head is evaluated first, the
+    # scored rows in one batch after it); measured difference 6e-5.
+    prompt = list(runtime.encode("Let me think step by step. " * 120))[:700]
+    tokens = runtime.encode(" Wait, that is not right.")
+    with opened(runtime, prompt) as session:
+        rows = session.score(tokens)
+        assert session.forwarded == len(prompt) + len(tokens)
+    expected = []
+    with opened(runtime, prompt[:1]) as one:
+        one.extend(prompt[1:])
+        for i in range(len(tokens) + 1):
+            expected.append(one.next_logits())
+            one.extend(tokens[i : i + 1])
+    torch.testing.assert_close(rows, torch.stack(expected), atol=ATOL32, rtol=0.0)
 
 
 def test_greedy_verify_returns_greedy_decodings_ids(runtime: Any) -> None:

@@ -11,6 +11,7 @@ counts worked out by hand.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from langchain_spthink.engine.verified import Proposer, ProposerFault, verified_
 from tests.unit_tests.test_reliability_faults import check_fallback
 
 GREEDY = SamplingParams(temperature=0.0)
+POOL = ThreadPoolExecutor(2)
 WORDS = ["Wait,", "check", "yes", "so", "x", "y", "Hmm", "alternatively", "4.", "STOP", "</think>"]
 paragraph = st.lists(st.sampled_from(WORDS), min_size=1, max_size=7).map(" ".join)
 script = st.lists(paragraph.map(lambda p: p + "\n\n"), min_size=1, max_size=6)
@@ -68,9 +70,15 @@ def run(
     max_tokens: int = 200,
     stop: tuple[str, ...] = (),
     answer_marker: str | None = None,
+    concurrent: bool = False,
 ) -> list[Event]:
-    """All events of one greedy request (prompt ``Q: go``), the finish last."""
-    engine = SpeculativeEngine(small, large, SpeculativeThinkingConfig(**cfg))
+    """All events of one greedy request (prompt ``Q: go``), the finish last.
+
+    ``concurrent``: the large model's steps of delegated boundaries run in a worker thread
+    while the small model drafts (``concurrent_drafts``).
+    """
+    extra: dict[str, Any] = {"executor": POOL, "concurrent_drafts": True} if concurrent else {}
+    engine = SpeculativeEngine(small, large, SpeculativeThinkingConfig(**cfg), **extra)
     sp, lp = small.encode("Q: go"), large.encode("Q: go")
     request = Request(sp, lp, max_tokens, GREEDY, stop, answer_marker=answer_marker)
     events = list(engine.generate(request))
@@ -123,6 +131,7 @@ def check_counters(finish: FinishEvent, large: ScriptedBackend) -> None:
     stop=st.sampled_from([(), ("STOP",)]),
     marker=st.sampled_from([None, "</think>"]),
     shared=st.integers(0, 3),
+    concurrent=st.booleans(),
 )
 def test_verified_run_equals_plain_run(
     small_script: list[str],
@@ -132,6 +141,7 @@ def test_verified_run_equals_plain_run(
     stop: tuple[str, ...],
     marker: str | None,
     shared: int,
+    concurrent: bool,
 ) -> None:
     # ``shared`` paragraphs in common: proposals are then (partly) accepted.
     large_script = small_script[:shared] + large_script
@@ -145,6 +155,7 @@ def test_verified_run_equals_plain_run(
             max_tokens=max_tokens,
             stop=stop,
             answer_marker=marker,
+            concurrent=concurrent,
         )
         finish = events[-1]
         assert isinstance(finish, FinishEvent)
