@@ -43,12 +43,14 @@ from pydantic import (
 
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.backends.loading import (
+    REMOTE_PREFIXES,
     check_model_spec,
     clear_backend_cache,
     load_backend,
     spec_name,
 )
-from langchain_spthink.chat.async_bridge import ThreadedRun
+from langchain_spthink.chat.async_bridge import GreenletRun, ThreadedRun
+from langchain_spthink.chat.request import roles_of
 from langchain_spthink.chat.runs import (
     RUN_KEY,
     CustomEvent,
@@ -334,7 +336,12 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         )
 
     def _events(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        concurrent_drafts: bool = True,
     ) -> Generator[Item, None, None]:
         """Run one request: chunks in order, with custom events placed after their text."""
         call = resolve_call(stop, kwargs, self)
@@ -345,7 +352,33 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
             templates={"small": self.small_chat_template, "large": self.large_chat_template},
             handoff=self.handoff,
             names=self._names,
+            concurrent_drafts=concurrent_drafts,
         )
+
+    async def _streams_async(self, kwargs: dict[str, Any]) -> bool:
+        """Whether every model of the call streams on the event loop (``async_streams``).
+
+        Remote string specs are loaded first, in the default executor (loading a tokenizer
+        blocks); a local spec or any failure picks the thread path, which reports the error.
+        """
+        mode = kwargs.get("mode") or self.mode
+        if mode not in ("small", "large", "speculative"):
+            return False
+        specs = {r: self.small_model if r == "small" else self.large_model for r in roles_of(mode)}
+        if any(isinstance(s, str) and not s.startswith(REMOTE_PREFIXES) for s in specs.values()):
+            return False
+        for role, spec in specs.items():
+            try:
+                backend = (
+                    spec
+                    if not isinstance(spec, str)
+                    else await run_in_executor(None, self._backend, role)
+                )
+            except Exception:  # noqa: BLE001 - the thread path raises it as it always did
+                return False
+            if not getattr(backend, "async_streams", False):
+                return False
+        return True
 
     # ------------------------------------------------------------ LangChain hooks
     def _stream(
@@ -378,7 +411,13 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         route = CustomEventRoute(AsyncCallbackManager, run_manager, kwargs, self)
-        run = ThreadedRun(lambda: self._events(messages, stop, kwargs))
+        run: GreenletRun[Item] | ThreadedRun[Item]
+        if await self._streams_async(kwargs):
+            # Every model is remote: the engine runs on the loop thread, its streams suspend on
+            # async HTTP reads (no thread per request; concurrent drafts off, see reply_items).
+            run = GreenletRun(lambda: self._events(messages, stop, kwargs, concurrent_drafts=False))
+        else:
+            run = ThreadedRun(lambda: self._events(messages, stop, kwargs))
         if (capture := run_capture(kwargs)) is not None:
             capture.async_closers.append(run.aclose)
         run.start()

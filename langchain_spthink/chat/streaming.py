@@ -175,6 +175,7 @@ def reply_items(
     templates: Mapping[Role, str | None],
     handoff: Literal["auto", "ids", "text"],
     names: ModelNames,
+    concurrent_drafts: bool = True,
 ) -> Generator[Item, None, None]:
     """Run one request: chunks in order, with custom events placed after their text.
 
@@ -185,6 +186,9 @@ def reply_items(
         templates: Chat templates that replace a model's own (``None``: its own).
         handoff: The token hand-off between the two models in speculative mode.
         names: Model names for the metadata.
+        concurrent_drafts: Let a remote large model's step run in :func:`draft_executor` while
+            the small model drafts; ``False`` runs the steps one after the other (the greenlet
+            path: its remote streams must run on the event loop thread, not in a pool thread).
 
     Yields:
         Chunks, the last one with usage and metadata, and the custom events in between.
@@ -217,7 +221,8 @@ def reply_items(
         constraint=grammar_factory(grammar) if grammar is not None else None,
         policy=call.policy,
         handoff=handoff,
-        executor=draft_executor(),  # used only for remote large models (concurrent drafts)
+        # used only for remote large models (concurrent drafts)
+        executor=draft_executor() if concurrent_drafts else None,
     )
     splitter = ReasoningSplitter(in_reasoning=prepared.in_reasoning, close_tag=REASONING_CLOSE)
     events = cast(Generator[Event, None, None], prepared.engine.generate(prepared.request))
