@@ -15,15 +15,20 @@ exactly where :func:`await_only` may be called.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import sys
 from collections.abc import Awaitable, Callable
+from concurrent.futures import CancelledError as FutureCancelled
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from greenlet import getcurrent
 from greenlet import greenlet as Greenlet
 
-__all__ = ["await_only", "greenlet_spawn", "in_bridge"]
+__all__ = ["LoopExecutor", "await_only", "greenlet_spawn", "in_bridge", "wait_future"]
 
 _T = TypeVar("_T")
 
@@ -79,3 +84,49 @@ async def greenlet_spawn(fn: Callable[..., _T], *args: Any) -> _T:
         else:
             result = child.switch(value)
     return cast(_T, result)
+
+
+class LoopExecutor(Executor):
+    """Runs each submitted function in a greenlet of its own, as a task on the running loop.
+
+    For work that only waits on remote models (the engine's concurrent drafts on the greenlet
+    path): no thread. ``submit`` must be called on the loop thread; wait for the futures with
+    :func:`wait_future` (``Future.result`` there would block the loop that runs them). Cancelling
+    a future cancels its task (``CancelledError`` is thrown into the function where it awaits);
+    a task cancelled otherwise fails its future with ``concurrent.futures.CancelledError``.
+    """
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """Start ``fn(*args, **kwargs)`` in a greenlet task; its future resolves on the loop."""
+        future: Future[_T] = Future()
+        task = asyncio.get_running_loop().create_task(greenlet_spawn(partial(fn, *args, **kwargs)))
+
+        def settle(done: asyncio.Task[_T]) -> None:
+            if future.cancelled():
+                return
+            if done.cancelled():
+                future.set_exception(FutureCancelled())
+            elif (error := done.exception()) is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result())
+
+        task.add_done_callback(settle)
+        future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+        return future
+
+
+def wait_future(future: Future[_T], timeout: float | None) -> _T:
+    """``future.result(timeout)``; inside :func:`greenlet_spawn` it waits on the loop instead.
+
+    Raises:
+        concurrent.futures.TimeoutError: Not done within ``timeout`` seconds (inside a bridge the
+            future is then cancelled, as ``asyncio.wait_for`` does).
+        BaseException: What the future's work raised.
+    """
+    if not in_bridge():
+        return future.result(timeout=timeout)
+    try:
+        return await_only(asyncio.wait_for(asyncio.wrap_future(future), timeout))
+    except asyncio.TimeoutError:
+        raise FutureTimeout() from None

@@ -18,6 +18,7 @@ chunks, custom callback events and metadata. One streaming path (:meth:`_stream`
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from concurrent.futures import Executor
 from typing import Any, Literal, cast
 
 from langchain_core.callbacks import (
@@ -71,6 +72,7 @@ from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.loop import Mode
 from langchain_spthink.engine.policies import DelegationPolicy, resolve_policy
 from langchain_spthink.errors import InvalidRequestError
+from langchain_spthink.greenlet_bridge import LoopExecutor
 from langchain_spthink.tools.parsing import generate_strict
 from langchain_spthink.tools.structured import ToolCallingMixin
 
@@ -341,7 +343,7 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         stop: list[str] | None,
         kwargs: dict[str, Any],
         *,
-        concurrent_drafts: bool = True,
+        executor: Executor | None = None,
     ) -> Generator[Item, None, None]:
         """Run one request: chunks in order, with custom events placed after their text."""
         call = resolve_call(stop, kwargs, self)
@@ -352,7 +354,7 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
             templates={"small": self.small_chat_template, "large": self.large_chat_template},
             handoff=self.handoff,
             names=self._names,
-            concurrent_drafts=concurrent_drafts,
+            executor=executor,
         )
 
     async def _streams_async(self, kwargs: dict[str, Any]) -> bool:
@@ -414,8 +416,8 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         run: GreenletRun[Item] | ThreadedRun[Item]
         if await self._streams_async(kwargs):
             # Every model is remote: the engine runs on the loop thread, its streams suspend on
-            # async HTTP reads (no thread per request; concurrent drafts off, see reply_items).
-            run = GreenletRun(lambda: self._events(messages, stop, kwargs, concurrent_drafts=False))
+            # async HTTP reads, concurrent drafts are tasks on the loop (no thread per request).
+            run = GreenletRun(lambda: self._events(messages, stop, kwargs, executor=LoopExecutor()))
         else:
             run = ThreadedRun(lambda: self._events(messages, stop, kwargs))
         if (capture := run_capture(kwargs)) is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -175,7 +175,7 @@ def reply_items(
     templates: Mapping[Role, str | None],
     handoff: Literal["auto", "ids", "text"],
     names: ModelNames,
-    concurrent_drafts: bool = True,
+    executor: Executor | None = None,
 ) -> Generator[Item, None, None]:
     """Run one request: chunks in order, with custom events placed after their text.
 
@@ -186,9 +186,10 @@ def reply_items(
         templates: Chat templates that replace a model's own (``None``: its own).
         handoff: The token hand-off between the two models in speculative mode.
         names: Model names for the metadata.
-        concurrent_drafts: Let a remote large model's step run in :func:`draft_executor` while
-            the small model drafts; ``False`` runs the steps one after the other (the greenlet
-            path: its remote streams must run on the event loop thread, not in a pool thread).
+        executor: Runs a remote large model's step while the small model drafts (concurrent
+            drafts); default: the process-wide :func:`draft_executor` (threads). The greenlet
+            path passes a :class:`~langchain_spthink.greenlet_bridge.LoopExecutor` (a task on
+            the loop per step, no thread).
 
     Yields:
         Chunks, the last one with usage and metadata, and the custom events in between.
@@ -222,7 +223,7 @@ def reply_items(
         policy=call.policy,
         handoff=handoff,
         # used only for remote large models (concurrent drafts)
-        executor=draft_executor() if concurrent_drafts else None,
+        executor=draft_executor() if executor is None else executor,
     )
     splitter = ReasoningSplitter(in_reasoning=prepared.in_reasoning, close_tag=REASONING_CLOSE)
     events = cast(Generator[Event, None, None], prepared.engine.generate(prepared.request))

@@ -26,6 +26,7 @@ from langchain_core.messages import AIMessage
 from langchain_spthink import ChatSpeculativeThinking, LargeModelError, SamplingParams
 from langchain_spthink.backends.remote import RemoteBackend, RemoteSession
 from langchain_spthink.backends.scripted import ScriptedBackend
+from langchain_spthink.greenlet_bridge import in_bridge
 from tests.unit_tests.backends.test_remote import NO_TIMEOUT, Action, FakeServer
 
 DELAY = 2.0  # seconds the server waits before each answer
@@ -38,10 +39,12 @@ class RecordingRemote(RemoteBackend):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.sessions: list[RemoteSession] = []
+        self.opened_in: list[tuple[str, bool]] = []  # (thread name, inside a greenlet bridge)
 
     def new_session(self, prompt_ids: Any, sampling: SamplingParams) -> RemoteSession:
         session = super().new_session(prompt_ids, sampling)
         self.sessions.append(session)
+        self.opened_in.append((threading.current_thread().name, in_bridge()))
         return session
 
 
@@ -125,6 +128,55 @@ async def test_abatch_all_remote_runs_on_the_loop(server: FakeServer, tiny_token
     assert not [t for t in threading.enumerate() if t.name == "spthink-astream"]
 
 
+async def test_concurrent_drafts_are_loop_tasks(server: FakeServer, tiny_tokenizer: Any) -> None:
+    # not_reasoning without choose_large: at every boundary the large model's step starts while
+    # the small model drafts (concurrent drafts); on this path each step is a task on the loop.
+    def act(body: dict[str, Any]) -> Action:
+        time.sleep(0.05)
+        if body["model"] == "large":
+            return ("stream", [" Step", " one.\n\n"], "length", None)
+        return ("stream", [" Draft", " two.\n\n", " Done", " now."], "stop", None)
+
+    server.default = act
+    config = {"not_reasoning": True, "choose_large": False, "draft_tokens": 4}
+    chat = model(server, tiny_tokenizer, config=config, max_tokens=24)
+    base = client_threads()
+    replies, peak, _ = await sample_while(chat.abatch(["Question 1", "Question 2"]))
+    for reply in replies:
+        meta = reply.response_metadata["spthink"]
+        assert meta["extra"]["concurrent_steps"] >= 1 and not meta["fallbacks"], meta
+        assert reply.text.strip()
+    large = chat.large_model
+    assert isinstance(large, RecordingRemote)
+    loop_thread = threading.current_thread().name
+    # the request sessions and the forks of concurrent steps: all opened on the loop thread,
+    # inside a greenlet (the thread path would open the forks in spthink-draft threads)
+    assert len(large.opened_in) > 2 and set(large.opened_in) == {(loop_thread, True)}
+    assert peak <= base + 2, (base, peak)
+
+
+async def test_concurrent_step_timeout_falls_back(server: FakeServer, tiny_tokenizer: Any) -> None:
+    # The large server hangs: the concurrent step, a task on the loop, is waited for on the loop
+    # (wait_future) until large_step_timeout, then cancelled; the request falls back to the small
+    # model, as on the thread path.
+    def act(body: dict[str, Any]) -> Action:
+        if body["model"] == "large":
+            return ("hang",)
+        return ("stream", [" Draft", " two.\n\n", " Done", " now."], "stop", None)
+
+    server.default = act
+    config = {"not_reasoning": True, "choose_large": False, "draft_tokens": 4}
+    chat = model(server, tiny_tokenizer, config={**config, "large_step_timeout": 1.0})
+    started = time.monotonic()
+    reply = await chat.ainvoke("Question 1")
+    meta = reply.response_metadata["spthink"]
+    assert len(meta["fallbacks"]) == 1 and "Done now." in reply.text, meta
+    assert meta["fallbacks"][0]["reason"] == "large-model step exceeded 1.0 s"
+    assert meta["extra"]["concurrent_steps"] == 1
+    # 1 s timeout; the hang lasts 60 s: 30 s is room for a loaded CPU.
+    assert time.monotonic() - started < 30
+
+
 async def test_cancelling_astream_closes_the_response_and_sessions(
     server: FakeServer, tiny_tokenizer: Any
 ) -> None:
@@ -190,7 +242,12 @@ async def test_mixed_local_and_remote_uses_the_thread_path(
         temperature=0,
         max_tokens=30,
     )
-    seen: set[str] = set()
-    async for _ in chat.astream("Question 1"):
-        seen.update(t.name for t in threading.enumerate())
-    assert "spthink-astream" in seen  # the scripted small model is local: a worker thread
+    reply = await chat.ainvoke("Question 1")
+    assert reply.text.strip()
+    large = chat.large_model
+    assert isinstance(large, RecordingRemote) and large.opened_in
+    # the scripted small model is local: the request runs in a worker thread, not on the loop
+    # (or in the draft pool's threads, for concurrent drafts)
+    loop_thread = threading.current_thread().name
+    assert all(name != loop_thread and not bridged for name, bridged in large.opened_in)
+    assert large.opened_in[0][0] == "spthink-astream", large.opened_in
