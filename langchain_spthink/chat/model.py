@@ -8,7 +8,8 @@ chunks, custom callback events and metadata. One streaming path (:meth:`_stream`
 * :mod:`langchain_spthink.backends.loading` — the process-wide cache of loaded models;
 * :mod:`langchain_spthink.chat.settings` — the model's configuration and a call's settings over it;
 * :mod:`langchain_spthink.chat.streaming` — one request from messages to chunks and custom events;
-* :mod:`langchain_spthink.chat.async_bridge` — the async path's worker thread;
+* :mod:`langchain_spthink.chat.async_bridge` — the async path's runners (worker thread, or greenlet
+  on the event loop for all-remote requests);
 * :mod:`langchain_spthink.chat.runs` — the run id where LangChain hides it, custom-event dispatch;
 * :mod:`langchain_spthink.tools.schema`, :mod:`langchain_spthink.tools.parsing`,
   :mod:`langchain_spthink.tools.structured`, :mod:`langchain_spthink.tools.constraints` — tools
@@ -295,7 +296,11 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     async def ainvoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AIMessage:
-        """Generate a reply asynchronously (generation runs in a worker thread)."""
+        """Generate a reply asynchronously.
+
+        Generation runs in a worker thread, or, when every model of the call is remote, on the
+        event loop with async HTTP (no thread; see :mod:`langchain_spthink.chat.async_bridge`).
+        """
         config, kwargs = with_run_capture(config, kwargs)
         return await super().ainvoke(input, config, **kwargs)
 
