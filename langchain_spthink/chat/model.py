@@ -46,6 +46,7 @@ from pydantic import (
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.backends.loading import (
     REMOTE_PREFIXES,
+    cached_backend,
     check_model_spec,
     clear_backend_cache,
     load_backend,
@@ -342,6 +343,11 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
             threads=self.threads,
         )
 
+    def _cached(self, spec: str) -> Backend | None:
+        return cached_backend(
+            spec, device=self.device, trust_remote_code=self.trust_remote_code, threads=self.threads
+        )
+
     def _events(
         self,
         messages: list[BaseMessage],
@@ -365,8 +371,9 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     async def _streams_async(self, kwargs: dict[str, Any]) -> bool:
         """Whether every model of the call streams on the event loop (``async_streams``).
 
-        Remote string specs are loaded first, in the default executor (loading a tokenizer
-        blocks); a local spec or any failure picks the thread path, which reports the error.
+        Remote string specs not loaded yet are loaded first, in the default executor (loading
+        a tokenizer blocks); a local spec or any failure picks the thread path, which reports
+        the error.
         """
         mode = kwargs.get("mode") or self.mode
         if mode not in ("small", "large", "speculative"):
@@ -375,12 +382,10 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         if any(isinstance(s, str) and not s.startswith(REMOTE_PREFIXES) for s in specs.values()):
             return False
         for role, spec in specs.items():
+            backend = spec if not isinstance(spec, str) else self._cached(spec)
             try:
-                backend = (
-                    spec
-                    if not isinstance(spec, str)
-                    else await run_in_executor(None, self._backend, role)
-                )
+                if backend is None:
+                    backend = await run_in_executor(None, self._backend, role)
             except Exception:  # noqa: BLE001 - the thread path raises it as it always did
                 return False
             if not getattr(backend, "async_streams", False):

@@ -176,7 +176,10 @@ async def test_abatch_on_vllm_runs_on_the_event_loop(vllm: VllmServer) -> None:
         temperature=0.0,
         max_tokens=48,
     )
-    await chat.ainvoke(questions[0], max_tokens=4)  # warm-up: the default executor's threads
+    # warm-up, as many requests: the loop's default executor (a bounded pool: the models' first
+    # load, generate_strict) has its threads already; worker threads of ThreadedRuns end with
+    # their requests, so the thread path would add them again.
+    await chat.abatch(questions, max_tokens=2)
     base, peak, done = threading.active_count(), 0, False
 
     async def sample() -> None:

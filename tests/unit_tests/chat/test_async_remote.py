@@ -18,12 +18,15 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from langchain_core.messages import AIMessage
 
 from langchain_spthink import ChatSpeculativeThinking, LargeModelError, SamplingParams
+from langchain_spthink.backends.loading import cached_backend
 from langchain_spthink.backends.remote import RemoteBackend, RemoteSession
 from langchain_spthink.backends.scripted import ScriptedBackend
 from langchain_spthink.greenlet_bridge import in_bridge
@@ -31,6 +34,7 @@ from tests.unit_tests.backends.test_remote import NO_TIMEOUT, Action, FakeServer
 
 DELAY = 2.0  # seconds the server waits before each answer
 BATCH = 8
+BEGIN = {"begin": True, "begin_tokens": 3}
 
 
 class RecordingRemote(RemoteBackend):
@@ -104,7 +108,7 @@ def model(server: FakeServer, tok: Any, **kw: Any) -> ChatSpeculativeThinking:
         small_model=remote(server, tok, "small"),
         large_model=remote(server, tok, "large"),
         # begin: the large model writes the opening, the small one goes on: both are used
-        **{"temperature": 0, "max_tokens": 40, "config": {"begin": True, "begin_tokens": 3}, **kw},
+        **{"temperature": 0, "max_tokens": 40, "config": BEGIN, **kw},
     )
 
 
@@ -112,7 +116,9 @@ async def test_abatch_all_remote_runs_on_the_loop(server: FakeServer, tiny_token
     server.default = answering()
     chat = model(server, tiny_tokenizer)
     prompts = [f"Question {i}" for i in range(BATCH)]
-    await chat.abatch(prompts[:2])  # warm-up: the loop's default executor, connection pools
+    # warm-up, as many requests: the loop's default executor (a bounded pool, used by
+    # generate_strict) has its threads already; the thread path's workers end with each request.
+    await chat.abatch(prompts)
     base = client_threads()
     replies, peak, gap = await sample_while(chat.abatch(prompts))
     for i, reply in enumerate(replies):
@@ -126,6 +132,30 @@ async def test_abatch_all_remote_runs_on_the_loop(server: FakeServer, tiny_token
     # that long (8 such reads one after the other: 8 * DELAY). Measured max gap: 0.2-0.6 s.
     assert gap < DELAY, gap
     assert not [t for t in threading.enumerate() if t.name == "spthink-astream"]
+
+
+async def test_url_specs_load_off_the_loop_then_run_on_it(
+    server: FakeServer, tiny_tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridged: list[bool] = []
+    opened = RemoteBackend.new_session
+
+    def new_session(self: RemoteBackend, ids: Any, sampling: SamplingParams) -> RemoteSession:
+        bridged.append(in_bridge())
+        return opened(self, ids, sampling)
+
+    monkeypatch.setattr(RemoteBackend, "new_session", new_session)
+    server.default = answering(0.0)
+    url = f"openai+http://127.0.0.1:{server.port}/v1?tokenizer={quote(str(tiny_tokenizer_dir))}"
+    small, large = f"{url}&model=small&name=s-{server.port}", f"{url}&model=large"
+    chat = ChatSpeculativeThinking(
+        small_model=small, large_model=large, temperature=0, max_tokens=40, config=BEGIN
+    )
+    assert cached_backend(small) is None  # first call: loaded in the default executor
+    reply = await chat.ainvoke("Question 5")
+    assert "answer is 5." in reply.text
+    assert isinstance(cached_backend(small), RemoteBackend)
+    assert len(bridged) >= 2 and all(bridged)  # both models' sessions, on the greenlet path
 
 
 async def test_concurrent_drafts_are_loop_tasks(server: FakeServer, tiny_tokenizer: Any) -> None:
