@@ -13,7 +13,7 @@ from typing import Any, cast
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.errors import ModelLoadError, SpThinkError
 
-__all__ = ["check_model_spec", "clear_backend_cache", "load_backend", "spec_name"]
+__all__ = ["cached_backend", "check_model_spec", "clear_backend_cache", "load_backend", "spec_name"]
 
 _Key = tuple[str, str | None, bool, int | None]  # (spec, device, trust_remote_code, threads)
 
@@ -147,6 +147,21 @@ def load_backend(
         with _GUARD:
             _BACKENDS[key] = backend
         return backend
+
+
+def cached_backend(
+    spec: str,
+    *,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    threads: int | None = None,
+) -> Backend | None:
+    """The backend :func:`load_backend` returns for these arguments if it is loaded, else ``None``.
+
+    Never loads (never blocks on a load in progress): for callers on an event loop.
+    """
+    with _GUARD:
+        return _BACKENDS.get((spec, device, trust_remote_code, threads))
 
 
 def clear_backend_cache() -> None:

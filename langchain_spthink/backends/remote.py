@@ -15,15 +15,22 @@ served model (loaded alone, never the weights). Invariants of :class:`RemoteSess
   merge with the next piece), so every yielded id is final. A server that stops
   on its own (``finish_reason == "stop"``) before ``max_new`` yields one EOS id.
 * Closing the generator early closes the HTTP response, so the server stops generating.
+* Inside :func:`~langchain_spthink.greenlet_bridge.greenlet_spawn` (the async path of a request
+  whose every model is remote) a stream uses ``openai.AsyncOpenAI`` (one client per backend and
+  event loop) and suspends on each read with
+  :func:`~langchain_spthink.greenlet_bridge.await_only`, so the loop runs other requests while it
+  waits; elsewhere it uses the synchronous client. Same requests, ids and errors either way.
 * Every failure (connection refused, timeout, HTTP error after retries, malformed or truncated
   stream) is raised from :meth:`~RemoteSession.stream` as :class:`BackendError` with the cause.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Generator, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -39,9 +46,10 @@ from langchain_spthink.backends._common import (
 )
 from langchain_spthink.engine.sampling import SamplingParams
 from langchain_spthink.errors import BackendError, InvalidRequestError, ModelLoadError
+from langchain_spthink.greenlet_bridge import await_only, in_bridge
 
 if TYPE_CHECKING:
-    from openai import OpenAI
+    from openai import AsyncOpenAI, OpenAI
     from transformers import PreTrainedTokenizerBase
 
     from langchain_spthink.backends.base import Backend
@@ -173,6 +181,9 @@ class RemoteBackend(BackendBase):
     #: Marks a backend whose steps are network-bound: the engine may run them in a worker
     #: thread (concurrent drafts) on a throw-away session opened from a snapshot of the ids.
     is_remote: bool = True
+    #: Its sessions' streams suspend on the event loop inside a greenlet bridge (async HTTP):
+    #: the chat model's async path runs requests whose every model has this on the loop thread.
+    async_streams: bool = True
 
     def __init__(
         self,
@@ -206,9 +217,14 @@ class RemoteBackend(BackendBase):
         self.max_retries = int(max_retries)
         self.extra_body = dict(extra_body or {})
         key = api_key or next((os.environ[e] for e in API_KEY_ENVS if os.environ.get(e)), "EMPTY")
+        self._api_key = key
         self.client: OpenAI = openai.OpenAI(
             base_url=base_url, api_key=key, timeout=self.timeout, max_retries=self.max_retries
         )
+        # Async clients, one per event loop (an httpx async pool is bound to its loop).
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI]
+        self._async_clients = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
         spec = model if tokenizer is None else tokenizer
         borrowed: Backend | None = None
         extra_eos: tuple[str, ...] = ()
@@ -317,9 +333,28 @@ class RemoteBackend(BackendBase):
         check_prompt(prompt_ids, self.name, self._context_length)
         return RemoteSession(self, prompt_ids, sampling)
 
+    def async_client(self) -> AsyncOpenAI:
+        """The async client of the running event loop (created on first use in that loop)."""
+        import openai
+
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            client = self._async_clients.get(loop)
+            if client is None:
+                client = openai.AsyncOpenAI(
+                    base_url=self.base_url,
+                    api_key=self._api_key,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                )
+                self._async_clients[loop] = client
+            return client
+
     def close(self) -> None:
-        """Close the HTTP connection pool."""
+        """Close the HTTP connection pool (async clients are dropped; their pools close on GC)."""
         self.client.close()
+        with self._async_lock:
+            self._async_clients.clear()
 
     def __repr__(self) -> str:
         return f"RemoteBackend(base_url={self.base_url!r}, model={self.model!r})"
@@ -390,16 +425,14 @@ class RemoteSession(SequenceSession):
         where = f"{backend.name} at {backend.base_url}"
         self.requests += 1
         try:
-            stream: Any = backend.client.completions.create(**self._params(max_new))
+            next_chunk, close = self._open(self._params(max_new))
         except Exception as exc:
             raise BackendError(f"{where}: request failed: {_describe(exc)}") from exc
         finished = False
         try:
-            it = iter(stream)
             while True:
-                try:
-                    chunk = next(it)
-                except StopIteration:
+                chunk = next_chunk()
+                if chunk is _END:
                     break
                 usage = getattr(chunk, "usage", None)
                 if usage is not None:
@@ -423,11 +456,30 @@ class RemoteSession(SequenceSession):
             raise BackendError(f"{where}: stream failed: {_describe(exc)}") from exc
         finally:
             try:
-                stream.close()
+                close()
             except Exception:  # noqa: BLE001 - closing a broken stream must not mask its error
                 pass
         if not finished:
             raise BackendError(f"{where}: the stream ended without a finish reason (cut off?)")
+
+    def _open(self, params: dict[str, Any]) -> tuple[Callable[[], Any], Callable[[], None]]:
+        """Send one streaming request: ``(next chunk or _END, close the response)``.
+
+        Inside a greenlet bridge the async client is used and every wait is an ``await_only``.
+        """
+        if in_bridge():
+            astream: Any = await_only(self._backend.async_client().completions.create(**params))
+
+            def next_async() -> Any:
+                try:
+                    return await_only(astream.__anext__())
+                except StopAsyncIteration:
+                    return _END
+
+            return next_async, lambda: await_only(astream.close())
+        stream: Any = self._backend.client.completions.create(**params)
+        chunks = iter(stream)
+        return (lambda: next(chunks, _END)), stream.close
 
     def _note_usage(self, usage: Any) -> None:
         prompt = getattr(usage, "prompt_tokens", None)
@@ -511,6 +563,9 @@ class RemoteSession(SequenceSession):
                 yield backend.eos_id
         finally:
             pieces.close()  # closes the HTTP response when the consumer stopped early
+
+
+_END = object()  # no more chunks
 
 
 def _stable_cut(text: str) -> int:

@@ -1,7 +1,11 @@
-"""The async path's bridge: a synchronous generator run in a worker thread, read from the loop.
+"""The async path's bridges: the synchronous engine generator read from the event loop.
 
-Generation (and loading weights) is synchronous and CPU/GPU bound; ``_astream`` runs the same
-generator as ``_stream`` in a :class:`ThreadedRun` so the event loop never blocks on it.
+Local generation (and loading weights) is synchronous and CPU/GPU bound: ``_astream`` runs the
+same generator as ``_stream`` in a :class:`ThreadedRun` (a worker thread per request) so the
+event loop never blocks on it. A request whose every model is remote only waits on the network:
+it runs in a :class:`GreenletRun`, on the loop thread, where the remote sessions stream with the
+async HTTP client and suspend on each read (:mod:`langchain_spthink.greenlet_bridge`), so
+concurrent requests cost no thread each.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ["ThreadedRun"]
+from langchain_spthink.greenlet_bridge import greenlet_spawn
+
+__all__ = ["GreenletRun", "ThreadedRun"]
 
 _T = TypeVar("_T")
 
@@ -82,3 +88,64 @@ class ThreadedRun(Generic[_T]):
         self._stop.set()
         if self._thread.ident is not None:  # started
             await self._finished.wait()
+
+
+class GreenletRun(Generic[_T]):
+    """Runs a synchronous generator on the event loop thread, one greenlet per item.
+
+    Same interface as :class:`ThreadedRun`. Each :meth:`__anext__` advances the generator inside
+    :func:`~langchain_spthink.greenlet_bridge.greenlet_spawn`, so code under it may suspend on
+    awaitables (:func:`~langchain_spthink.greenlet_bridge.await_only`: the remote sessions' HTTP
+    reads) while other tasks run. Only for generators that never block the thread otherwise
+    (every model remote). Cancelling the awaiting task throws ``CancelledError`` into the
+    generator where it waits, which unwinds it: sessions and HTTP responses are closed by their
+    ``finally`` blocks. :meth:`aclose` waits for an item in progress, then closes the generator.
+
+    Args:
+        factory: Creates the generator (called inside the first item's greenlet).
+    """
+
+    def __init__(self, factory: Callable[[], Generator[_T, None, None]]) -> None:
+        self._factory = factory
+        self._items: Generator[_T, None, None] | None = None
+        self._done = False
+        self._idle = asyncio.Event()  # set while no item is in progress
+        self._idle.set()
+
+    def start(self) -> None:
+        """Nothing to start: the generator is created by the first item."""
+
+    def _step(self) -> tuple[bool, _T | None]:
+        if self._items is None:
+            self._items = self._factory()
+        for item in self._items:
+            return True, item
+        return False, None
+
+    def __aiter__(self) -> GreenletRun[_T]:
+        return self
+
+    async def __anext__(self) -> _T:
+        """The generator's next item; its exception, if it raised one, is raised here."""
+        if self._done:
+            raise StopAsyncIteration
+        self._idle.clear()
+        try:
+            found, item = await greenlet_spawn(self._step)
+        except BaseException:
+            self._done = True
+            raise
+        finally:
+            self._idle.set()
+        if not found:
+            self._done = True
+            raise StopAsyncIteration
+        return cast(_T, item)
+
+    async def aclose(self) -> None:
+        """Stop after the item in progress and close the generator (its sessions, responses)."""
+        self._done = True
+        await self._idle.wait()
+        items, self._items = self._items, None
+        if items is not None:
+            await greenlet_spawn(items.close)

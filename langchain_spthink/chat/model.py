@@ -8,7 +8,8 @@ chunks, custom callback events and metadata. One streaming path (:meth:`_stream`
 * :mod:`langchain_spthink.backends.loading` — the process-wide cache of loaded models;
 * :mod:`langchain_spthink.chat.settings` — the model's configuration and a call's settings over it;
 * :mod:`langchain_spthink.chat.streaming` — one request from messages to chunks and custom events;
-* :mod:`langchain_spthink.chat.async_bridge` — the async path's worker thread;
+* :mod:`langchain_spthink.chat.async_bridge` — the async path's runners (worker thread, or greenlet
+  on the event loop for all-remote requests);
 * :mod:`langchain_spthink.chat.runs` — the run id where LangChain hides it, custom-event dispatch;
 * :mod:`langchain_spthink.tools.schema`, :mod:`langchain_spthink.tools.parsing`,
   :mod:`langchain_spthink.tools.structured`, :mod:`langchain_spthink.tools.constraints` — tools
@@ -18,6 +19,7 @@ chunks, custom callback events and metadata. One streaming path (:meth:`_stream`
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from concurrent.futures import Executor
 from typing import Any, Literal, cast
 
 from langchain_core.callbacks import (
@@ -43,12 +45,15 @@ from pydantic import (
 
 from langchain_spthink.backends.base import Backend
 from langchain_spthink.backends.loading import (
+    REMOTE_PREFIXES,
+    cached_backend,
     check_model_spec,
     clear_backend_cache,
     load_backend,
     spec_name,
 )
-from langchain_spthink.chat.async_bridge import ThreadedRun
+from langchain_spthink.chat.async_bridge import GreenletRun, ThreadedRun
+from langchain_spthink.chat.request import roles_of
 from langchain_spthink.chat.runs import (
     RUN_KEY,
     CustomEvent,
@@ -69,6 +74,7 @@ from langchain_spthink.engine.config import SpeculativeThinkingConfig
 from langchain_spthink.engine.loop import Mode
 from langchain_spthink.engine.policies import DelegationPolicy, resolve_policy
 from langchain_spthink.errors import InvalidRequestError
+from langchain_spthink.greenlet_bridge import LoopExecutor
 from langchain_spthink.tools.parsing import generate_strict
 from langchain_spthink.tools.structured import ToolCallingMixin
 
@@ -291,7 +297,11 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
     async def ainvoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AIMessage:
-        """Generate a reply asynchronously (generation runs in a worker thread)."""
+        """Generate a reply asynchronously.
+
+        Generation runs in a worker thread, or, when every model of the call is remote, on the
+        event loop with async HTTP (no thread; see :mod:`langchain_spthink.chat.async_bridge`).
+        """
         config, kwargs = with_run_capture(config, kwargs)
         return await super().ainvoke(input, config, **kwargs)
 
@@ -333,8 +343,18 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
             threads=self.threads,
         )
 
+    def _cached(self, spec: str) -> Backend | None:
+        return cached_backend(
+            spec, device=self.device, trust_remote_code=self.trust_remote_code, threads=self.threads
+        )
+
     def _events(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        executor: Executor | None = None,
     ) -> Generator[Item, None, None]:
         """Run one request: chunks in order, with custom events placed after their text."""
         call = resolve_call(stop, kwargs, self)
@@ -345,7 +365,32 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
             templates={"small": self.small_chat_template, "large": self.large_chat_template},
             handoff=self.handoff,
             names=self._names,
+            executor=executor,
         )
+
+    async def _streams_async(self, kwargs: dict[str, Any]) -> bool:
+        """Whether every model of the call streams on the event loop (``async_streams``).
+
+        Remote string specs not loaded yet are loaded first, in the default executor (loading
+        a tokenizer blocks); a local spec or any failure picks the thread path, which reports
+        the error.
+        """
+        mode = kwargs.get("mode") or self.mode
+        if mode not in ("small", "large", "speculative"):
+            return False
+        specs = {r: self.small_model if r == "small" else self.large_model for r in roles_of(mode)}
+        if any(isinstance(s, str) and not s.startswith(REMOTE_PREFIXES) for s in specs.values()):
+            return False
+        for role, spec in specs.items():
+            backend = spec if not isinstance(spec, str) else self._cached(spec)
+            try:
+                if backend is None:
+                    backend = await run_in_executor(None, self._backend, role)
+            except Exception:  # noqa: BLE001 - the thread path raises it as it always did
+                return False
+            if not getattr(backend, "async_streams", False):
+                return False
+        return True
 
     # ------------------------------------------------------------ LangChain hooks
     def _stream(
@@ -378,7 +423,13 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         route = CustomEventRoute(AsyncCallbackManager, run_manager, kwargs, self)
-        run = ThreadedRun(lambda: self._events(messages, stop, kwargs))
+        run: GreenletRun[Item] | ThreadedRun[Item]
+        if await self._streams_async(kwargs):
+            # Every model is remote: the engine runs on the loop thread, its streams suspend on
+            # async HTTP reads, concurrent drafts are tasks on the loop (no thread per request).
+            run = GreenletRun(lambda: self._events(messages, stop, kwargs, executor=LoopExecutor()))
+        else:
+            run = ThreadedRun(lambda: self._events(messages, stop, kwargs))
         if (capture := run_capture(kwargs)) is not None:
             capture.async_closers.append(run.aclose)
         run.start()

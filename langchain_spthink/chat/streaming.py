@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -175,6 +175,7 @@ def reply_items(
     templates: Mapping[Role, str | None],
     handoff: Literal["auto", "ids", "text"],
     names: ModelNames,
+    executor: Executor | None = None,
 ) -> Generator[Item, None, None]:
     """Run one request: chunks in order, with custom events placed after their text.
 
@@ -185,6 +186,10 @@ def reply_items(
         templates: Chat templates that replace a model's own (``None``: its own).
         handoff: The token hand-off between the two models in speculative mode.
         names: Model names for the metadata.
+        executor: Runs a remote large model's step while the small model drafts (concurrent
+            drafts); default: the process-wide :func:`draft_executor` (threads). The greenlet
+            path passes a :class:`~langchain_spthink.greenlet_bridge.LoopExecutor` (a task on
+            the loop per step, no thread).
 
     Yields:
         Chunks, the last one with usage and metadata, and the custom events in between.
@@ -217,7 +222,8 @@ def reply_items(
         constraint=grammar_factory(grammar) if grammar is not None else None,
         policy=call.policy,
         handoff=handoff,
-        executor=draft_executor(),  # used only for remote large models (concurrent drafts)
+        # used only for remote large models (concurrent drafts)
+        executor=draft_executor() if executor is None else executor,
     )
     splitter = ReasoningSplitter(in_reasoning=prepared.in_reasoning, close_tag=REASONING_CLOSE)
     events = cast(Generator[Event, None, None], prepared.engine.generate(prepared.request))

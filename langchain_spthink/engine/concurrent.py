@@ -16,6 +16,7 @@ from langchain_spthink.backends.base import close_stream
 from langchain_spthink.engine.detok import IncrementalDetokenizer
 from langchain_spthink.engine.state import RunBase
 from langchain_spthink.engine.steps import Halt, _LargeFault, _PendingStep, _Step
+from langchain_spthink.greenlet_bridge import wait_future
 
 __all__ = ["count_discarded", "finish_large_step", "start_large_step"]
 
@@ -88,7 +89,8 @@ def finish_large_step(run: RunBase, pending: _PendingStep) -> _Step:
         limits.append(run.deadline)
     wait = max(0.0, min(limits) - run.clock()) if limits else None
     try:
-        ids, forwarded, seconds = pending.future.result(timeout=wait)
+        # on the greenlet path the step is a task on this loop: wait there, never block it
+        ids, forwarded, seconds = wait_future(pending.future, wait)
     except FutureTimeout:
         pending.discard()
         if run.deadline is not None and run.clock() > run.deadline:

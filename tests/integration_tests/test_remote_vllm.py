@@ -10,14 +10,18 @@ The server is started once for this module (~2 min on 2 cores) and killed by the
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import langchain_spthink
 from langchain_spthink import (
     ChatSpeculativeThinking,
     DelegationEvent,
@@ -159,6 +163,47 @@ def test_concurrent_requests_on_vllm(vllm: VllmServer) -> None:
         assert meta["delegations"], meta
         kept = [d["large_text"].strip() for d in meta["delegations"] if d["kept"] == "large"]
         assert kept and all(text in answer.content for text in kept)
+
+
+async def test_abatch_on_vllm_runs_on_the_event_loop(vllm: VllmServer) -> None:
+    """Both models remote: ``abatch`` runs the requests on the loop (greenlet path), no threads."""
+    data = Path(langchain_spthink.__file__).parent / "data" / "gsm8k.jsonl"
+    questions = [json.loads(line)["problem"] for line in data.read_text().splitlines()[:6]]
+    chat = ChatSpeculativeThinking(
+        small_model=spec(vllm),
+        large_model=spec(vllm),
+        config=paper_instruct(begin_tokens=8, draft_tokens=8),
+        temperature=0.0,
+        max_tokens=48,
+    )
+    # warm-up, as many requests: the loop's default executor (a bounded pool: the models' first
+    # load, generate_strict) has its threads already; worker threads of ThreadedRuns end with
+    # their requests, so the thread path would add them again.
+    await chat.abatch(questions, max_tokens=2)
+    base, peak, done = threading.active_count(), 0, False
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done:
+            peak = max(peak, threading.active_count())
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        answers = await chat.abatch(questions)
+    finally:
+        done = True
+        await sampler
+    # 6 ThreadedRuns would add 6 threads; measured: +0 (the server is another process).
+    assert peak <= base + 2, (base, peak)
+    assert not [t for t in threading.enumerate() if t.name == "spthink-astream"]
+    assert len(answers) == len(questions)
+    for answer in answers:
+        meta = answer.response_metadata["spthink"]
+        assert isinstance(answer.content, str) and answer.content.strip()
+        assert meta["stop_reason"] in ("eos", "length") and not meta.get("fallbacks")
+        kept = [d["large_text"].strip() for d in meta["delegations"] if d["kept"] == "large"]
+        assert kept and all(text in answer.content for text in kept)  # begin: the large opens
 
 
 def test_concurrent_drafts_with_vllm_large(
