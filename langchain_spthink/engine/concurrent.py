@@ -135,5 +135,6 @@ def count_discarded(run: RunBase) -> None:
             continue
         ids, forwarded, _ = future.result()
         large.usage.generated_tokens += len(ids)
+        large.usage.decode_passes += len(ids)  # plain decoding: one pass per token
         large.forked_forwarded += forwarded
     run.discarded.clear()
