@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEGIN_SHARE",
+    "PROBE_EVERY",
     "Recap",
     "begin_budget",
     "carry_text",
@@ -186,11 +187,18 @@ def step_seed(request_seed: int | None, role: Literal["small", "large"], step: i
     return zlib.crc32(f"{request_seed}:{role}:{step}".encode()) & 0x7FFFFFFF
 
 
-def next_proposal_length(length: int, proposed: int, accepted: int, start: int) -> int:
-    """How many tokens the small model proposes next in a verified large step.
+PROBE_EVERY = 8
+"""Plain passes of a verified request whose proposals stopped (length 0) before it tries again."""
 
-    Grows by 2 after a fully accepted proposal (up to ``2 * start``), shrinks by 1 after a
-    rejection (down to 1); a verification without proposal changes nothing.
+
+def next_proposal_length(length: int, proposed: int, accepted: int, start: int) -> int:
+    """How many tokens the small model proposes next in a verified request.
+
+    Grows by 2 after a fully accepted proposal (up to ``2 * start``); after a rejection it becomes
+    one more than the tokens accepted, and at least 1 less than before, so a pair that keeps
+    disagreeing reaches 0: plain passes (no proposal, no small-model cost), with a probe of
+    length 1 every :data:`PROBE_EVERY` passes (the caller's count). A pass without proposal
+    changes nothing.
 
     Args:
         length: The current proposal length.
@@ -202,4 +210,4 @@ def next_proposal_length(length: int, proposed: int, accepted: int, start: int) 
         return length
     if accepted >= proposed:
         return min(2 * start, length + 2)
-    return max(1, length - 1)
+    return max(0, min(length - 1, accepted + 1))

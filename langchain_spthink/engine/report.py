@@ -51,7 +51,7 @@ def finish_event(run: RunBase, reason: StopReason) -> FinishEvent:
             "boundaries": float(run.boundaries),
             "boundary_seconds": run.boundary_seconds,
             **concurrent,
-            **({"proposal_seconds": run.proposal_seconds} if run.verified else {}),
+            **({"proposal_seconds": run.proposer.seconds} if run.proposer is not None else {}),
         },
         budgets=budgets(run),
         large_decoding="verified" if run.verified else "plain",

@@ -127,7 +127,12 @@ class RunBase:
             engine.share_ids,
             large.session if large is not None else None,
         )
-        self.proposal_seconds = 0.0  # time the small model spent proposing for verified steps
+        # The small model proposing for the large model; its length adapts over the request.
+        self.proposer = (
+            Proposer(self.tracks["small"], cfg.proposal_tokens, self.clock, cfg.proposal_tokens)
+            if self.verified
+            else None
+        )
 
     def _open(self, role: Role, backend: Backend, prompt: Sequence[int]) -> _Track:
         base = self.sampling
@@ -343,8 +348,7 @@ class RunBase:
             close_stream(stream)
             step.seconds = self.clock() - started
             track.usage.seconds += step.seconds
-            if proposer is not None:
-                self.proposal_seconds += proposer.seconds
+
         if step.halt is not None:
             return step
         if tail:
@@ -378,7 +382,7 @@ class RunBase:
         small = self.tracks["small"]
         self._sync(small)
         self._mark_draft(small)
-        return Proposer(small, self.cfg.proposal_tokens, self.clock)
+        return self.proposer
 
     def _room(self, track: _Track, max_new: int) -> int:
         """Tokens ``track`` may write now: ``max_new`` capped by every budget that applies."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from langchain_spthink.backends.base import VerifyingSession, close_stream
-from langchain_spthink.engine.decisions import next_proposal_length
+from langchain_spthink.engine.decisions import PROBE_EVERY, next_proposal_length
 from langchain_spthink.engine.handoff import resync
 
 if TYPE_CHECKING:
@@ -90,15 +90,28 @@ class Proposer:
 
     Attributes:
         track: The small model's track; its session holds prompt + output when the step starts.
-        start: Proposal length at first (``proposal_tokens``); it adapts.
+        start: ``proposal_tokens`` of the config: the first proposal length of a request.
         clock: The engine's clock.
+        length: The current proposal length (it adapts; the request carries it from step to
+            step); 0: plain passes until the next probe.
+        idle: Plain passes since the proposals stopped.
         seconds: Time spent proposing so far (added to the small model's usage too).
     """
 
     track: _Track
     start: int
     clock: Callable[[], float]
+    length: int = 0
+    idle: int = 0
     seconds: float = 0.0
+
+    def next_length(self, proposed: int, accepted: int) -> None:
+        """Adapt the proposal length after a pass (see :func:`next_proposal_length`)."""
+        self.length = next_proposal_length(self.length, proposed, accepted, self.start)
+        if self.length == 0 and proposed == 0:
+            self.idle += 1
+            if self.idle >= PROBE_EVERY:
+                self.length, self.idle = 1, 0
 
     def propose(self, base: int, written: Sequence[int], n: int) -> list[int]:
         """Up to ``n`` ids the small model writes after its first ``base`` ids + ``written``."""
@@ -149,21 +162,20 @@ def verified_stream(
         raise TypeError(f"{large.backend.name}'s session cannot verify proposals")
     base, small_base = len(session.ids), len(proposer.track.session.ids)
     eos = large.backend.eos_ids
-    length = proposer.start
     written: list[int] = []  # ids the large model wrote in this step, all yielded
     proposal = list(first)
     try:
         while len(written) < budget:
             room = budget - len(written)
-            if not proposal:
-                proposal = proposer.propose(small_base, written, min(length, room - 1))
+            if not proposal and proposer.length:
+                proposal = proposer.propose(small_base, written, min(proposer.length, room - 1))
             proposal = proposal[: room - 1]
             new = session.verify(proposal)
             accepted = _agreeing(proposal, new)
             large.usage.decode_passes += 1
             large.usage.proposed_tokens += len(proposal)
             large.usage.accepted_tokens += accepted
-            length = next_proposal_length(length, len(proposal), accepted, proposer.start)
+            proposer.next_length(len(proposal), accepted)
             proposal = []
             for token in new:
                 written.append(token)

@@ -126,10 +126,10 @@ def test_run_marks_large_segments_and_prints_summary() -> None:
     assert int(match["out"]) == int(match["st"]) + int(match["lt"])
     assert match["stop"] == "eos"
     # The large step (6 tokens, same tokenizer) verified the small model's proposals: the draft
-    # (cut to 5, room for one more) is rejected at "Hmm:", then proposals of 4, 3, 2, 1 tokens
-    # (the room left) are rejected at their first token until the small model's "\n" matches
-    # and the bonus "\n" ends the step: 5 passes, 1 of 5+4+3+2+1 proposed tokens accepted.
-    assert (match["passes"], match["gen"], match["accepted"]) == ("5", "6", "7")
+    # (cut to 5, room for one more) is rejected at "Hmm:", the next proposal (1 token: one more
+    # than accepted) at " 2+2"; then the proposals stop (length 0) and the large model writes
+    # the other 4 tokens one pass each: 6 passes, 0 of 5+1 proposed tokens accepted.
+    assert (match["passes"], match["gen"], match["accepted"]) == ("6", "6", "0")
 
 
 def test_run_instruct_preset_begins_with_large_and_delegates() -> None:

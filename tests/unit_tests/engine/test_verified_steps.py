@@ -29,7 +29,7 @@ from langchain_spthink import (
     TextEvent,
 )
 from langchain_spthink.backends.scripted import ScriptedBackend, ScriptedSession
-from langchain_spthink.engine.decisions import next_proposal_length
+from langchain_spthink.engine.decisions import PROBE_EVERY, next_proposal_length
 from langchain_spthink.engine.events import BudgetEvent, Event, FallbackEvent, ModelUsage
 from langchain_spthink.engine.handoff import resync
 from langchain_spthink.engine.steps import _Track
@@ -323,7 +323,7 @@ def test_verified_stream_closed_early_leaves_the_large_session_at_what_it_yielde
         session = backend.new_session(prompt, GREEDY)
         tracks.append(_Track(role, backend, session, len(prompt), ModelUsage(), GREEDY))
     small_track, large_track = tracks
-    proposer = Proposer(small_track, 4, lambda: 0.0)
+    proposer = Proposer(small_track, 4, lambda: 0.0, length=4)
     stream = verified_stream(large_track, proposer, budget=10)
     taken = [next(stream), next(stream)]
     assert verifications(large) == [(large.encode("a b c d"), large.encode("a b c d e"))]
@@ -343,7 +343,23 @@ def test_next_proposal_length() -> None:
     assert next_proposal_length(8, 8, 8, 8) == 10  # fully accepted: +2
     assert next_proposal_length(15, 15, 15, 8) == 16  # capped at 2 * start
     assert next_proposal_length(16, 16, 16, 8) == 16
-    assert next_proposal_length(8, 8, 3, 8) == 7  # a rejection: -1
-    assert next_proposal_length(1, 1, 0, 8) == 1  # never below 1
+    assert next_proposal_length(8, 8, 3, 8) == 4  # a rejection: one more than accepted
+    assert next_proposal_length(8, 8, 7, 8) == 7  # ... and at least 1 less than before
+    assert next_proposal_length(2, 2, 0, 8) == 1
+    assert next_proposal_length(1, 1, 0, 8) == 0  # then no proposals: plain passes
+    assert next_proposal_length(0, 0, 0, 8) == 0
+    assert next_proposal_length(0, 5, 5, 8) == 2  # a draft fully accepted restarts them
     assert next_proposal_length(5, 0, 0, 8) == 5  # nothing proposed: unchanged
     assert next_proposal_length(5, 3, 3, 8) == 7  # a short (room-capped) full accept grows too
+
+
+def test_proposals_stop_for_a_disagreeing_pair_and_probe_again() -> None:
+    proposer = Proposer(None, 8, lambda: 0.0, length=1)  # type: ignore[arg-type]  # no proposing
+    proposer.next_length(1, 0)  # rejected at length 1: proposals stop
+    lengths = []
+    for _ in range(PROBE_EVERY):
+        lengths.append(proposer.length)
+        proposer.next_length(0, 0)  # a plain pass
+    assert lengths == [0] * PROBE_EVERY and proposer.length == 1  # the probe
+    proposer.next_length(1, 1)  # the probe accepted: proposals grow again
+    assert proposer.length == 3
