@@ -250,7 +250,9 @@ def speculative_run(
     engine = SpeculativeEngine(
         _SpyBackend(small, lambda: ledger.step_starts("small")),  # type: ignore[arg-type]
         _SpyBackend(large, lambda: ledger.step_starts("large")),  # type: ignore[arg-type]
-        preset(preset_name, temperature=0.0),
+        # The hand-off's forwarding, one pass per token (verified steps forward proposals too:
+        # benchmarks/bench_verified_steps.py measures them).
+        preset(preset_name, temperature=0.0, verified_large=False),
     )
     request = Request(
         prompt_ids(small, question),
