@@ -86,10 +86,10 @@ def verification_plan(
 
 @dataclass
 class Proposer:
-    """The small model proposing tokens for one large-model step.
+    """The small model proposing tokens for a request's verified large-model steps.
 
     Attributes:
-        track: The small model's track; its session holds prompt + output when the step starts.
+        track: The small model's track; its session holds prompt + output when a step starts.
         start: ``proposal_tokens`` of the config: the first proposal length of a request.
         clock: The engine's clock.
         length: The current proposal length (it adapts; the request carries it from step to
