@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Protocol
 
-from langchain_spthink.backends.base import Backend, VerifyingSession, close_stream, reseed
+from langchain_spthink.backends.base import Backend, close_stream, reseed
 from langchain_spthink.engine.decisions import (
     Recap,
     ids_covering,
@@ -348,7 +348,6 @@ class RunBase:
             close_stream(stream)
             step.seconds = self.clock() - started
             track.usage.seconds += step.seconds
-
         if step.halt is not None:
             return step
         if tail:
@@ -372,12 +371,13 @@ class RunBase:
     def _proposer(self, track: _Track, constraint: TokenConstraint | None) -> Proposer | None:
         """The small model as proposer of a verified large step; ``None``: plain decoding.
 
-        Only speculative, unconstrained large-model steps of a verified request; the small
-        session is synced to the output and marked as a scratch pad for proposals.
+        Only speculative, unconstrained large-model steps of a verified request (whose large
+        session can verify: :func:`~.verified.verification_plan`); the small session is synced
+        to the output and marked as a scratch pad for proposals.
         """
         if not (self.verified and track.role == "large" and self.mode == "speculative"):
             return None
-        if constraint is not None or not isinstance(track.session, VerifyingSession):
+        if constraint is not None:
             return None
         small = self.tracks["small"]
         self._sync(small)

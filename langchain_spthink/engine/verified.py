@@ -72,7 +72,7 @@ def verification_plan(
         return False, "verified_large is off in the config"
     if not share_ids:
         return False, f"{small.name} and {large.name} have different tokenizers"
-    if not callable(getattr(large_session, "verify", None)):
+    if not isinstance(large_session, VerifyingSession):
         if getattr(large, "is_remote", False):
             # vLLM scores given tokens only through prompt logprobs, which bypass its prefix
             # cache and recompute the whole prompt: slower than decoding the step.
