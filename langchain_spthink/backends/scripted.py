@@ -245,24 +245,39 @@ class ScriptedSession(SequenceSession):
     def stream(self, max_new: int, *, constraint: TokenConstraint | None = None) -> Iterator[int]:
         """Write scripted tokens (constrained: the scripted one if allowed, else the first)."""
         for _ in range(max_new):
-            if self.closed:
-                raise RuntimeError("session used after close")
+            self._check(1)
             backend = self.backend
-            if backend.fail_after is not None and backend.tokens_sampled >= backend.fail_after:
-                raise RuntimeError(f"{backend.name} failed (injected)")
-            if self._cached >= len(self._ids):
-                self._cached = len(self._ids) - 1
-            self._forwarded += len(self._ids) - self._cached
+            self._catch_up(0)
             self._cached = len(self._ids)
             output = backend.decode(self._ids[self.prompt_len :])
             token = backend.vocab.id(backend.next_piece(output))
             if constraint is not None:
                 token = _constrained(constraint, token, backend.vocab.by_id)
-            backend.tokens_sampled += 1
             self._ids.append(token)
+            self._sampled(1)
+            yield token
+
+    def _check(self, n: int) -> None:
+        """Refuse to write ``n`` more ids on a closed session or past ``fail_after``."""
+        if self.closed:
+            raise RuntimeError("session used after close")
+        backend = self.backend
+        if backend.fail_after is not None and backend.tokens_sampled + n > backend.fail_after:
+            raise RuntimeError(f"{backend.name} failed (injected)")
+
+    def _catch_up(self, extra: int) -> None:
+        """Count one forward of the pending ids (at least the last one) and ``extra`` more."""
+        if self._cached >= len(self._ids):
+            self._cached = len(self._ids) - 1
+        self._forwarded += len(self._ids) - self._cached + extra
+
+    def _sampled(self, n: int) -> None:
+        """``n`` ids were written: count them, calling ``on_token`` after each."""
+        backend = self.backend
+        for _ in range(n):
+            backend.tokens_sampled += 1
             if backend.on_token is not None:
                 backend.on_token()
-            yield token
 
     def reseed(self, seed: int | None) -> None:
         """Record the seed of the next step (a script writes the same tokens whatever the seed)."""
@@ -284,12 +299,8 @@ class VerifyingScriptedSession(ScriptedSession):
         per returned id, which count as sampled ones: a verification that would pass
         ``fail_after`` raises.
         """
-        if self.closed:
-            raise RuntimeError("session used after close")
+        self._check(0)
         backend = self.backend
-        if self._cached >= len(self._ids):
-            self._cached = len(self._ids) - 1
-        self._forwarded += len(self._ids) - self._cached + len(proposal)
         output = backend.decode(self._ids[self.prompt_len :])
         new: list[int] = []
         for token in [*proposal, None]:
@@ -297,16 +308,12 @@ class VerifyingScriptedSession(ScriptedSession):
             new.append(mine)
             if mine != token:
                 break
-        limit = backend.fail_after
-        if limit is not None and backend.tokens_sampled + len(new) > limit:
-            raise RuntimeError(f"{backend.name} failed (injected)")
+        self._check(len(new))
+        self._catch_up(len(proposal))
         self.verifications.append((list(proposal), list(new)))
         self._ids.extend(new)
         self._cached = len(self._ids) - 1
-        for _ in new:
-            backend.tokens_sampled += 1
-            if backend.on_token is not None:
-                backend.on_token()
+        self._sampled(len(new))
         return new
 
 
