@@ -332,21 +332,29 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
             await kwargs[RUN_KEY].aclose_runs()
 
     # ----------------------------------------------------------------- the one path
+    def _spec(self, role: Literal["small", "large"]) -> str | Backend:
+        return self.small_model if role == "small" else self.large_model
+
+    def _load_options(self) -> dict[str, Any]:
+        """The arguments of :func:`load_backend` besides the spec (also the cache's key)."""
+        return {
+            "device": self.device,
+            "trust_remote_code": self.trust_remote_code,
+            "threads": self.threads,
+        }
+
     def _backend(self, role: Literal["small", "large"]) -> Backend:
-        spec = self.small_model if role == "small" else self.large_model
+        spec = self._spec(role)
         if not isinstance(spec, str):
             return spec
-        return load_backend(
-            spec,
-            device=self.device,
-            trust_remote_code=self.trust_remote_code,
-            threads=self.threads,
-        )
+        return load_backend(spec, **self._load_options())
 
-    def _cached(self, spec: str) -> Backend | None:
-        return cached_backend(
-            spec, device=self.device, trust_remote_code=self.trust_remote_code, threads=self.threads
-        )
+    def _loaded(self, role: Literal["small", "large"]) -> Backend | None:
+        """The role's backend if it needs no loading now (an object, or a spec loaded before)."""
+        spec = self._spec(role)
+        if not isinstance(spec, str):
+            return spec
+        return cached_backend(spec, **self._load_options())
 
     def _events(
         self,
@@ -378,11 +386,12 @@ class ChatSpeculativeThinking(ToolCallingMixin, BaseChatModel):
         mode = kwargs.get("mode") or self.mode
         if mode not in ("small", "large", "speculative"):
             return False
-        specs = {r: self.small_model if r == "small" else self.large_model for r in roles_of(mode)}
-        if any(isinstance(s, str) and not s.startswith(REMOTE_PREFIXES) for s in specs.values()):
+        roles = roles_of(mode)
+        specs = [self._spec(role) for role in roles]
+        if any(isinstance(s, str) and not s.startswith(REMOTE_PREFIXES) for s in specs):
             return False
-        for role, spec in specs.items():
-            backend = spec if not isinstance(spec, str) else self._cached(spec)
+        for role in roles:
+            backend = self._loaded(role)
             try:
                 if backend is None:
                     backend = await run_in_executor(None, self._backend, role)
