@@ -146,36 +146,39 @@ def test_both_models_on_vllm_the_process_holds_only_tokenizers(
         assert not [e for e in events if isinstance(e, FallbackEvent)]
 
 
-def test_concurrent_requests_on_vllm(vllm: VllmServer) -> None:
-    chat = ChatSpeculativeThinking(
+def both_on_vllm(vllm: VllmServer, max_tokens: int) -> ChatSpeculativeThinking:
+    """Both models on the vLLM peer, greedy; the large model opens (``begin``) every answer."""
+    return ChatSpeculativeThinking(
         small_model=spec(vllm),
         large_model=spec(vllm),
         config=paper_instruct(begin_tokens=8, draft_tokens=8),
         temperature=0.0,
-        max_tokens=32,
+        max_tokens=max_tokens,
     )
-    answers = chat.batch(QUESTIONS, config={"max_concurrency": 4})
-    assert len(answers) == len(QUESTIONS)
+
+
+def check_answers(answers: list[Any], questions: list[str]) -> None:
+    """One complete answer per question, no fallback, the large model's kept steps in it."""
+    assert len(answers) == len(questions)
     for answer in answers:
         meta = answer.response_metadata["spthink"]
         assert isinstance(answer.content, str) and answer.content.strip()
         assert meta["stop_reason"] in ("eos", "length") and not meta.get("fallbacks")
         assert meta["delegations"], meta
         kept = [d["large_text"].strip() for d in meta["delegations"] if d["kept"] == "large"]
-        assert kept and all(text in answer.content for text in kept)
+        assert kept and all(text in answer.content for text in kept)  # begin: the large opens
+
+
+def test_concurrent_requests_on_vllm(vllm: VllmServer) -> None:
+    answers = both_on_vllm(vllm, 32).batch(QUESTIONS, config={"max_concurrency": 4})
+    check_answers(answers, QUESTIONS)
 
 
 async def test_abatch_on_vllm_runs_on_the_event_loop(vllm: VllmServer) -> None:
     """Both models remote: ``abatch`` runs the requests on the loop (greenlet path), no threads."""
     data = Path(langchain_spthink.__file__).parent / "data" / "gsm8k.jsonl"
     questions = [json.loads(line)["problem"] for line in data.read_text().splitlines()[:6]]
-    chat = ChatSpeculativeThinking(
-        small_model=spec(vllm),
-        large_model=spec(vllm),
-        config=paper_instruct(begin_tokens=8, draft_tokens=8),
-        temperature=0.0,
-        max_tokens=48,
-    )
+    chat = both_on_vllm(vllm, 48)
     # warm-up, as many requests: the loop's default executor (a bounded pool: the models' first
     # load, generate_strict) has its threads already; worker threads of ThreadedRuns end with
     # their requests, so the thread path would add them again.
@@ -197,13 +200,7 @@ async def test_abatch_on_vllm_runs_on_the_event_loop(vllm: VllmServer) -> None:
     # 6 ThreadedRuns would add 6 threads; measured: +0 (the server is another process).
     assert peak <= base + 2, (base, peak)
     assert not [t for t in threading.enumerate() if t.name == "spthink-astream"]
-    assert len(answers) == len(questions)
-    for answer in answers:
-        meta = answer.response_metadata["spthink"]
-        assert isinstance(answer.content, str) and answer.content.strip()
-        assert meta["stop_reason"] in ("eos", "length") and not meta.get("fallbacks")
-        kept = [d["large_text"].strip() for d in meta["delegations"] if d["kept"] == "large"]
-        assert kept and all(text in answer.content for text in kept)  # begin: the large opens
+    check_answers(answers, questions)
 
 
 def test_concurrent_drafts_with_vllm_large(
